@@ -1,0 +1,79 @@
+# NAT-traversal tunnel: proxy_public (server with a public address) and
+# proxy_private (home side). `make` builds both; `make test` runs every test,
+# including the AddressSanitizer+UBSan and ThreadSanitizer builds.
+
+CC      ?= cc
+VERSION := 0.1.0
+WARN    := -std=c11 -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wvla \
+           -Wstrict-prototypes -Wmissing-prototypes -Wimplicit-fallthrough
+CFLAGS  ?= -O2 -g
+HARDEN  := -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fPIE
+CPPFLAGS += -D_GNU_SOURCE -DPROXY_VERSION='"$(VERSION)"' -I. -Ibuild
+LDFLAGS += -pie -Wl,-z,relro,-z,now
+LIBS    := -ljansson -lpthread
+PUB_LIBS := -lcivetweb -ldl
+
+COMMON_SRC := packet.c log.c netio.c tunnel.c
+PUBLIC_SRC := proxy_public.c registry.c state.c web_api.c build/web_assets.c
+PRIVATE_SRC := proxy_private.c
+HEADERS := $(wildcard *.h)
+WEB_FILES := $(wildcard web/*)
+
+# Sanitizer builds live in their own directories so they never mix with the
+# release objects; tests pick a build with BIN_DIR.
+SAN_ASAN := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+SAN_TSAN := -fsanitize=thread -fno-omit-frame-pointer
+
+.PHONY: all clean test test-unit test-asan test-tsan test-quick fuzz fuzz-smoke bench soak demo deps
+
+all: proxy_public proxy_private
+
+build/web_assets.c: $(WEB_FILES) tools/embed_web.sh
+	@mkdir -p build
+	sh tools/embed_web.sh web > $@.tmp && mv $@.tmp $@
+
+proxy_public: $(COMMON_SRC) $(PUBLIC_SRC) $(HEADERS)
+	$(CC) $(WARN) $(CFLAGS) $(HARDEN) $(CPPFLAGS) -o $@ $(COMMON_SRC) $(PUBLIC_SRC) $(LDFLAGS) $(LIBS) $(PUB_LIBS)
+
+proxy_private: $(COMMON_SRC) $(PRIVATE_SRC) $(HEADERS)
+	$(CC) $(WARN) $(CFLAGS) $(HARDEN) $(CPPFLAGS) -o $@ $(COMMON_SRC) $(PRIVATE_SRC) $(LDFLAGS) $(LIBS)
+
+build/asan/proxy_public build/asan/proxy_private build/tsan/proxy_public build/tsan/proxy_private: \
+		$(COMMON_SRC) $(PUBLIC_SRC) $(PRIVATE_SRC) $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(WARN) -O1 -g $(if $(findstring asan,$@),$(SAN_ASAN),$(SAN_TSAN)) $(CPPFLAGS) -o $@ \
+		$(COMMON_SRC) $(if $(findstring public,$@),$(PUBLIC_SRC),$(PRIVATE_SRC)) \
+		$(LIBS) $(if $(findstring public,$@),$(PUB_LIBS))
+
+build/test_packet: tests/unit/test_packet.c packet.c log.c $(HEADERS)
+	@mkdir -p build
+	$(CC) $(WARN) -O1 -g $(SAN_ASAN) $(CPPFLAGS) -o $@ tests/unit/test_packet.c packet.c log.c $(LIBS)
+
+test-unit: build/test_packet
+	./build/test_packet
+
+# The whole suite: unit tests, integration tests against the release build,
+# fuzz smoke runs, the browser test and the real-NAT test, then the integration
+# tests again under ASan+UBSan and under TSan.
+test: all test-unit
+	sh tests/run.sh release
+	$(MAKE) test-asan
+	$(MAKE) test-tsan
+
+test-asan: build/asan/proxy_public build/asan/proxy_private
+	sh tests/run.sh asan
+
+test-tsan: build/tsan/proxy_public build/tsan/proxy_private
+	sh tests/run.sh tsan
+
+bench: all
+	sh bench/run.sh
+
+soak: all
+	sh tests/soak.sh
+
+demo: all
+	sh tools/demo.sh
+
+clean:
+	rm -rf build proxy_public proxy_private
