@@ -1,0 +1,112 @@
+#!/bin/sh
+# Runs the integration tests against one build.
+#
+#   sh tests/run.sh release|asan|tsan
+#
+# release: binaries at the repo top (make); also runs the real-NAT test, the
+#          browser test (tests/browser/run.sh) and `make fuzz-smoke` when present.
+# asan:    build/asan/ (make build/asan/proxy_public build/asan/proxy_private)
+# tsan:    build/tsan/
+#
+# Environment: BIN_DIR overrides the binaries' folder; PROXY_EXTRA_ARGS adds
+# arguments to both programs; TESTS="test_api test_cli" runs only those files.
+# Logs of every process go to tests/out/<run>/<test>/. Exit status is non-zero
+# when anything failed.
+set -u
+
+MODE=${1:-release}
+case "$MODE" in
+release|asan|tsan) ;;
+*) echo "usage: sh tests/run.sh release|asan|tsan" >&2; exit 2 ;;
+esac
+
+cd "$(dirname "$0")/.." || exit 2
+REPO=$(pwd)
+PY=/usr/bin/python3
+[ -x "$PY" ] || PY=python3
+
+if [ -z "${BIN_DIR:-}" ]; then
+    if [ "$MODE" = release ]; then BIN_DIR=$REPO; else BIN_DIR=$REPO/build/$MODE; fi
+fi
+export BIN_DIR TEST_MODE="$MODE" PYTHONDONTWRITEBYTECODE=1
+TEST_RUN=${TEST_RUN:-$MODE-$(date +%Y%m%d-%H%M%S)}
+export TEST_RUN
+OUT=$REPO/tests/out/$TEST_RUN
+mkdir -p "$OUT"
+
+# Per-file wall-clock limits (seconds); sanitizer builds are slower.
+case "$MODE" in
+release) FILE_LIMIT=600 ;;
+asan) FILE_LIMIT=900 ;;
+tsan) FILE_LIMIT=1200 ;;
+esac
+
+for b in proxy_public proxy_private; do
+    if [ ! -x "$BIN_DIR/$b" ]; then
+        echo "tests/run.sh: $BIN_DIR/$b is missing; build it first (make, or make test-$MODE)" >&2
+        exit 1
+    fi
+done
+
+PASSED=""
+FAILED=""
+record() { # name status
+    if [ "$2" -eq 0 ]; then PASSED="$PASSED $1"; else FAILED="$FAILED $1"; fi
+}
+
+if [ -n "${TESTS:-}" ]; then
+    FILES=""
+    for t in $TESTS; do FILES="$FILES tests/${t%.py}.py"; done
+else
+    FILES=$(ls tests/test_*.py)
+fi
+
+START=$(date +%s)
+echo "== integration tests, mode $MODE, binaries in $BIN_DIR, logs in $OUT"
+for f in $FILES; do
+    name=$(basename "$f" .py)
+    echo "-- $name"
+    # -k: SIGKILL if the file does not stop within 10 s of the SIGTERM.
+    timeout -k 10 "$FILE_LIMIT" "$PY" "$f" >"$OUT/$name.txt" 2>&1
+    rc=$?
+    if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+        echo "   TIMEOUT after ${FILE_LIMIT}s" >>"$OUT/$name.txt"
+    fi
+    # Show unittest's per-test lines and any failure details.
+    sed -n -e '/ \.\.\. /p' -e '/^FAIL:/p' -e '/^ERROR:/p' -e '/^Ran /p' -e '/^OK/p' \
+        -e '/^FAILED/p' -e '/TIMEOUT/p' "$OUT/$name.txt" | sed 's/^/   /'
+    record "$name" $rc
+done
+
+if [ "$MODE" = release ]; then
+    echo "-- nat_test"
+    sh tests/nat_test.sh >"$OUT/nat_test.txt" 2>&1
+    rc=$?
+    tail -n 5 "$OUT/nat_test.txt" | sed 's/^/   /'
+    record nat_test $rc
+
+    if [ -f tests/browser/run.sh ]; then
+        echo "-- browser"
+        sh tests/browser/run.sh >"$OUT/browser.txt" 2>&1
+        rc=$?
+        tail -n 5 "$OUT/browser.txt" | sed 's/^/   /'
+        record browser $rc
+    fi
+
+    if grep -q '^fuzz-smoke:' Makefile; then
+        echo "-- fuzz-smoke"
+        make fuzz-smoke >"$OUT/fuzz-smoke.txt" 2>&1
+        rc=$?
+        tail -n 5 "$OUT/fuzz-smoke.txt" | sed 's/^/   /'
+        record fuzz-smoke $rc
+    fi
+fi
+
+END=$(date +%s)
+echo "== summary ($MODE, $((END - START)) s): passed:${PASSED:- none}"
+if [ -n "$FAILED" ]; then
+    echo "== FAILED:$FAILED  (details in $OUT/)"
+    exit 1
+fi
+echo "== all passed"
+exit 0

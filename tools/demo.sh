@@ -1,0 +1,102 @@
+#!/bin/sh
+# Demo on this machine's loopback: builds, starts proxy_public and
+# proxy_private, and publishes a small web page (python3 -m http.server) through
+# the tunnel with --register.  Prints how to reach it; Ctrl-C stops everything.
+#
+#   sh tools/demo.sh
+#
+# Environment: PROXY_EXTRA_ARGS adds arguments to both programs.
+set -u
+
+cd "$(dirname "$0")/.." || exit 2
+PY=/usr/bin/python3
+[ -x "$PY" ] || PY=python3
+EXTRA=${PROXY_EXTRA_ARGS:-}
+
+sh tools/deps.sh build || exit 1
+make || exit 1
+
+free_port() {
+    "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+TMP=$(mktemp -d /tmp/natdemo.XXXXXX)
+PIDS=""
+cleanup() {
+    trap - EXIT INT TERM
+    echo
+    echo "demo: stopping"
+    for p in $PIDS; do kill "$p" 2>/dev/null; done
+    for p in $PIDS; do wait "$p" 2>/dev/null; done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 0' INT TERM
+
+TUNNEL=$(free_port)
+WEB=$(free_port)
+APP=$(free_port)
+HTTP=$(free_port)
+TOKEN=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+
+mkdir -p "$TMP/www" "$TMP/state"
+cat >"$TMP/www/index.html" <<'EOF'
+<!doctype html>
+<html><head><title>Hello through the tunnel</title></head>
+<body><h1>Hello through the tunnel</h1>
+<p>This page is served by python3 -m http.server on the private side and
+reached through proxy_public.</p></body></html>
+EOF
+
+"$PY" -m http.server "$HTTP" --bind 127.0.0.1 --directory "$TMP/www" \
+    >"$TMP/http.log" 2>&1 &
+PIDS="$PIDS $!"
+
+# shellcheck disable=SC2086 # EXTRA is a list of words
+./proxy_public "$TUNNEL" "$WEB" --bind 127.0.0.1 --token "$TOKEN" \
+    --state-dir "$TMP/state" $EXTRA 2>"$TMP/public.log" &
+PUB=$!
+PIDS="$PIDS $PUB"
+
+# shellcheck disable=SC2086
+./proxy_private 127.0.0.1 "$TUNNEL" --token "$TOKEN" --name demo \
+    --register "web:$APP:127.0.0.1:$HTTP" $EXTRA 2>"$TMP/private.log" &
+PRIV=$!
+PIDS="$PIDS $PRIV"
+
+# Bounded wait until /list shows the app online.
+i=0
+until curl -s --max-time 2 -H "Authorization: Bearer $TOKEN" \
+        "http://127.0.0.1:$WEB/list" | "$PY" -c '
+import json, sys
+d = json.load(sys.stdin)
+sys.exit(0 if any(a["name"] == "web" and a["online"] for a in d["apps"]) else 1)
+' 2>/dev/null; do
+    i=$((i + 1))
+    if [ $i -ge 150 ] || ! kill -0 $PUB 2>/dev/null || ! kill -0 $PRIV 2>/dev/null; then
+        echo "demo: the tunnel did not come up; logs:"
+        tail -n 20 "$TMP/public.log" "$TMP/private.log"
+        exit 1
+    fi
+    sleep 0.2
+done
+
+cat <<EOF
+
+The tunnel is up.
+  page through the tunnel:  curl http://127.0.0.1:$APP/
+  web page of the public:   http://127.0.0.1:$WEB/
+  token:                    $TOKEN
+  API:                      curl -H 'Authorization: Bearer $TOKEN' http://127.0.0.1:$WEB/list
+  logs:                     $TMP/public.log $TMP/private.log
+
+Press Ctrl-C to stop.
+EOF
+
+# Wait until Ctrl-C (or one of the proxies exits).
+while kill -0 $PUB 2>/dev/null && kill -0 $PRIV 2>/dev/null; do
+    sleep 1
+done
+echo "demo: a proxy exited; logs:"
+tail -n 20 "$TMP/public.log" "$TMP/private.log"
+exit 1
