@@ -21,6 +21,7 @@
  *   tcpbench waitport HOST PORT SECONDS  exits 0 once HOST:PORT accepts
  *   tcpbench pstat PID...                prints "CPU_SECONDS RSS_KIB" summed over
  *                                        the PIDs and all their descendants
+ *   tcpbench pids PID...                 prints the PIDs and all their descendants
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -741,14 +742,14 @@ static int ps_read(long pid, long *ppid, unsigned long long *ticks, long *rss_ki
     return 0;
 }
 
-/* Sums CPU seconds and RSS over the given pids and all their descendants. */
-static int tb_pstat(int argc, char **argv)
+/* Marks the given pids and all their descendants (a snapshot of /proc), then
+ * either prints the pids (list != 0) or "CPU_SECONDS RSS_KIB" summed over them. */
+static int tb_pstat(int argc, char **argv, int list)
 {
     long roots[64];
     int nroots = 0;
     for (int i = 0; i < argc && nroots < 64; i++)
         roots[nroots++] = tb_num(argv[i], 1, LONG_MAX, "pid");
-    /* Snapshot every process's ppid, then walk down from the roots. */
     size_t cap = 4096, np = 0;
     long *pids = malloc(cap * sizeof *pids), *ppids = malloc(cap * sizeof *ppids);
     if (pids == NULL || ppids == NULL)
@@ -768,17 +769,21 @@ static int tb_pstat(int argc, char **argv)
             continue;
         if (np == cap) {
             cap *= 2;
-            pids = realloc(pids, cap * sizeof *pids);
-            ppids = realloc(ppids, cap * sizeof *ppids);
-            if (pids == NULL || ppids == NULL)
+            long *np1 = realloc(pids, cap * sizeof *pids);
+            if (np1 == NULL)
                 tb_die("realloc");
+            pids = np1;
+            long *np2 = realloc(ppids, cap * sizeof *ppids);
+            if (np2 == NULL)
+                tb_die("realloc");
+            ppids = np2;
         }
         pids[np] = pid;
         ppids[np] = ppid;
         np++;
     }
     closedir(d);
-    char *in = calloc(np, 1);
+    char *in = calloc(np + 1, 1);
     if (in == NULL)
         tb_die("calloc");
     for (size_t i = 0; i < np; i++)
@@ -802,14 +807,21 @@ static int tb_pstat(int argc, char **argv)
     unsigned long long ticks = 0;
     long rss = 0;
     for (size_t i = 0; i < np; i++) {
+        if (!in[i])
+            continue;
+        if (list) {
+            printf("%ld\n", pids[i]);
+            continue;
+        }
         long ppid = 0, r = 0;
         unsigned long long t = 0;
-        if (in[i] && ps_read(pids[i], &ppid, &t, &r) == 0) {
+        if (ps_read(pids[i], &ppid, &t, &r) == 0) {
             ticks += t;
             rss += r;
         }
     }
-    printf("%.2f %ld\n", (double)ticks / (double)sysconf(_SC_CLK_TCK), rss);
+    if (!list)
+        printf("%.2f %ld\n", (double)ticks / (double)sysconf(_SC_CLK_TCK), rss);
     free(in);
     free(pids);
     free(ppids);
@@ -825,7 +837,8 @@ static void tb_usage(void)
             "       tcpbench hold HOST PORT N\n"
             "       tcpbench freeport [COUNT]\n"
             "       tcpbench waitport HOST PORT SECONDS\n"
-            "       tcpbench pstat PID...\n");
+            "       tcpbench pstat PID...\n"
+            "       tcpbench pids PID...\n");
     exit(2);
 }
 
@@ -857,7 +870,9 @@ int main(int argc, char **argv)
     if (strcmp(mode, "waitport") == 0 && argc == 5)
         return tb_waitport(argv[2], tb_num(argv[3], 1, 65535, "port"), tb_num(argv[4], 1, 3600, "seconds"));
     if (strcmp(mode, "pstat") == 0 && argc >= 3)
-        return tb_pstat(argc - 2, argv + 2);
+        return tb_pstat(argc - 2, argv + 2, 0);
+    if (strcmp(mode, "pids") == 0 && argc >= 3)
+        return tb_pstat(argc - 2, argv + 2, 1);
     tb_usage();
     return 2;
 }

@@ -1,0 +1,144 @@
+# Renders bench/run.sh's results (lines PATH.METRIC=VALUE) as Markdown: one
+# column per path, every figure beside its ratio to ssh -R and to direct, then
+# the targets and whether each is met. Variables come from run.sh (-v).
+
+function has(k) { return (k in R) && R[k] != "" }
+
+function ratio(v, ref) {
+    if (ref == "" || ref + 0 == 0) return ""
+    return sprintf((v / ref < 0.1 ? "%.3f×" : "%.2f×"), v / ref)
+}
+
+# cell(path, metric, fmt, vs_direct): the value and its ratios, or why none.
+function cell(p, m, fmt, vs_direct,    k, v, s, rs, rd) {
+    k = p "." m
+    if (!has(k)) {
+        if (has(p ".status")) return "n/a (" R[p ".status"] ")"
+        if (p == "direct" && (m ~ /^(rss|cpu)/)) return "— (no relay)"
+        return "n/a"
+    }
+    v = R[k]
+    s = sprintf(fmt, v)
+    rs = (p != "ssh" && has("ssh." m)) ? ratio(v, R["ssh." m]) : ""
+    rd = (vs_direct && p != "direct" && has("direct." m)) ? ratio(v, R["direct." m]) : ""
+    if (rs != "" && rd != "") return s " (" rs " ssh, " rd " direct)"
+    if (rs != "") return s " (" rs " ssh)"
+    if (rd != "") return s " (" rd " direct)"
+    return s
+}
+
+function row(label, m, fmt, vs_direct,    i, line) {
+    line = "| " label
+    for (i = 1; i <= npaths; i++) line = line " | " cell(P[i], m, fmt, vs_direct)
+    print line " |"
+}
+
+function verdict(ok) { return ok ? "**MET**" : "**NOT MET**" }
+
+# target(text, ok, detail): one line of the targets list; ok = -1 means not measurable.
+function target(text, ok, detail) {
+    if (ok < 0) print "- " text ": **NOT MEASURED** (" detail ")"
+    else print "- " text ": " verdict(ok) " (" detail ")"
+}
+
+BEGIN { FS = "=" }
+{
+    k = $1
+    sub(/^[^=]*=/, "")
+    R[k] = $0
+}
+
+END {
+    npaths = 4
+    P[1] = "direct"; L[1] = "direct"
+    P[2] = "plain";  L[2] = plain_label
+    P[3] = "tls";    L[3] = "tunnel, TLS"
+    P[4] = "ssh";    L[4] = "ssh -R (chacha20-poly1305)"
+    # Sums of the two sides, when both exist.
+    for (i = 1; i <= npaths; i++) {
+        p = P[i]
+        if (has(p ".rss_pub") && has(p ".rss_priv")) R[p ".rss_sum"] = R[p ".rss_pub"] + R[p ".rss_priv"]
+        if (has(p ".cpu_pub") && has(p ".cpu_priv")) R[p ".cpu_sum"] = R[p ".cpu_pub"] + R[p ".cpu_priv"]
+        if (has(p ".held")) R[p ".heldtxt"] = R[p ".held"] "/" hold_n (has(p ".alive") ? ", " R[p ".alive"] " still echo at end" : "")
+    }
+
+    print "# Tunnel benchmark"
+    print ""
+    print "- date: " date
+    print "- machine: " host ", nproc " nproc
+    print "- command: `" cmd "`"
+    print "- wall time of the run: " elapsed " s"
+    print ""
+    line = "| figure"
+    sep = "|---"
+    for (i = 1; i <= npaths; i++) { line = line " | " L[i]; sep = sep "|---" }
+    print line " |"
+    print sep "|"
+    row("bulk client→app, Mbit/s (iperf3)", "bulk_up", "%.0f", 1)
+    row("bulk app→client, Mbit/s (iperf3 -R)", "bulk_down", "%.0f", 1)
+    row("ping-pong 64 B p50, µs", "p50", "%.1f", 1)
+    row("ping-pong 64 B p99, µs", "p99", "%.1f", 1)
+    row("new connections/s (1-byte echo, 8 parallel)", "cps", "%.0f", 1)
+    # held: no ratios, a count
+    line = "| " hold_n " concurrent connections held (echo-checked)"
+    for (i = 1; i <= npaths; i++) {
+        p = P[i]
+        line = line " | " (has(p ".heldtxt") ? R[p ".heldtxt"] : (has(p ".status") ? "n/a (" R[p ".status"] ")" : "n/a"))
+    }
+    print line " |"
+    row("RSS per held connection, public side (sshd), KiB", "rss_pub", "%.1f", 0)
+    row("RSS per held connection, private side (ssh), KiB", "rss_priv", "%.1f", 0)
+    row("RSS per held connection, both sides, KiB", "rss_sum", "%.1f", 0)
+    row("CPU s per GiB relayed, public side (sshd)", "cpu_pub", "%.2f", 0)
+    row("CPU s per GiB relayed, private side (ssh)", "cpu_priv", "%.2f", 0)
+    row("CPU s per GiB relayed, both sides", "cpu_sum", "%.2f", 0)
+    print ""
+    print "Ratios: the figure divided by the same figure of `ssh -R` / of the direct path (for"
+    print "µs, KiB and CPU seconds lower is better). CPU is utime+stime from /proc/PID/stat of the"
+    print "relay processes (sshd and all its children for ssh -R), over both bulk transfers."
+    print "RSS is the VmRSS growth of each side while the connections are held, divided by the"
+    print "number held."
+    print ""
+
+    print "## Targets"
+    print ""
+    # Bulk: judged on both directions.
+    if (has("tls.bulk_up") && has("tls.bulk_down") && has("ssh.bulk_up") && has("ssh.bulk_down")) {
+        a = R["tls.bulk_up"] / R["ssh.bulk_up"]; b = R["tls.bulk_down"] / R["ssh.bulk_down"]
+        target("bulk, TLS ≥ 1.5× ssh -R (both directions)", a >= 1.5 && b >= 1.5, sprintf("%.2f× and %.2f×", a, b))
+    } else target("bulk, TLS ≥ 1.5× ssh -R (both directions)", -1, has("tls.status") ? R["tls.status"] : "missing figures")
+    if (has("plain.bulk_up") && has("plain.bulk_down") && has("ssh.bulk_up") && has("ssh.bulk_down") && has("direct.bulk_up") && has("direct.bulk_down")) {
+        a = R["plain.bulk_up"] / R["ssh.bulk_up"]; b = R["plain.bulk_down"] / R["ssh.bulk_down"]
+        c = R["plain.bulk_up"] / R["direct.bulk_up"]; d = R["plain.bulk_down"] / R["direct.bulk_down"]
+        target("bulk, plaintext ≥ 2× ssh -R and ≥ 40% of direct (both directions)",
+               a >= 2 && b >= 2 && c >= 0.4 && d >= 0.4,
+               sprintf("%.2f× / %.2f× ssh, %.0f%% / %.0f%% of direct", a, b, c * 100, d * 100))
+    } else target("bulk, plaintext ≥ 2× ssh -R and ≥ 40% of direct", -1, has("plain.status") ? R["plain.status"] : "missing figures")
+    for (j = 2; j <= 3; j++) {
+        p = P[j]
+        name = (p == "tls") ? "TLS" : "plaintext"
+        if (has(p ".p50") && has(p ".p99") && has("ssh.p50") && has("ssh.p99"))
+            target("ping-pong p50 and p99 ≤ ssh -R, " name,
+                   R[p ".p50"] + 0 <= R["ssh.p50"] + 0 && R[p ".p99"] + 0 <= R["ssh.p99"] + 0,
+                   sprintf("p50 %.1f vs %.1f µs, p99 %.1f vs %.1f µs", R[p ".p50"], R["ssh.p50"], R[p ".p99"], R["ssh.p99"]))
+        else target("ping-pong p50 and p99 ≤ ssh -R, " name, -1, has(p ".status") ? R[p ".status"] : "missing figures")
+        if (has(p ".cps") && has("ssh.cps"))
+            target("new connections/s ≥ 10× ssh -R, " name, R[p ".cps"] >= 10 * R["ssh.cps"],
+                   sprintf("%.1f×", R[p ".cps"] / R["ssh.cps"]))
+        else target("new connections/s ≥ 10× ssh -R, " name, -1, has(p ".status") ? R[p ".status"] : "missing figures")
+        if (has(p ".held") && has(p ".alive") && has(p ".rss_sum"))
+            target(hold_n " concurrent all held, ≤ 64 KiB RSS per connection both sides together, " name,
+                   R[p ".held"] == hold_n && R[p ".alive"] == hold_n && R[p ".rss_sum"] <= 64,
+                   sprintf("%d held, %d still echo, %.1f KiB", R[p ".held"], R[p ".alive"], R[p ".rss_sum"]))
+        else target(hold_n " concurrent all held, ≤ 64 KiB RSS per connection, " name, -1,
+                    has(p ".status") ? R[p ".status"] : (has(p ".held") ? R[p ".held"] " held" : "missing figures"))
+    }
+    if (hold_n != 10000) print "- (the hold test ran with " hold_n " connections, not 10,000: targets on it are indicative)"
+
+    nn = 0
+    while ((getline l < notes_file) > 0) {
+        if (nn++ == 0) { print ""; print "## Notes"; print "" }
+        if (l ~ /^    /) print l
+        else print "- " l
+    }
+}

@@ -1,0 +1,424 @@
+#!/bin/sh
+# `make bench`: measures, in one run on this machine and on loopback only,
+#   direct      a client talking straight to the app
+#   plain       our tunnel without TLS
+#   tls         our tunnel with TLS (once proxy_public has a TLS mode)
+#   ssh         `ssh -R` through an unprivileged OpenSSH sshd (chacha20-poly1305)
+# and prints a Markdown table (also saved to bench/results/latest.md).
+#
+# Knobs (environment): BENCH_BULK_SECONDS (5), BENCH_PINGPONG_ROUNDS (5000),
+# BENCH_CONNRATE_SECONDS (3), BENCH_HOLD (10000), BENCH_PATHS ("direct ssh plain tls"),
+# BENCH_TLS_PUB_ARGS / BENCH_TLS_PRIV_ARGS (extra flags for the TLS tunnel, e.g.
+# a certificate or a pinned fingerprint, should the TLS mode need them).
+# Logs of every process started are kept in build/bench/logs/.
+set -u
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT" || exit 1
+
+BULK_SECONDS=${BENCH_BULK_SECONDS:-5}
+PP_ROUNDS=${BENCH_PINGPONG_ROUNDS:-5000}
+CR_SECONDS=${BENCH_CONNRATE_SECONDS:-3}
+CR_PARALLEL=8
+HOLD_N=${BENCH_HOLD:-10000}
+PATHS=${BENCH_PATHS:-direct ssh plain tls}
+TOKEN="bench-$$-token"
+TB="$ROOT/build/bench/tcpbench"
+LOGDIR="$ROOT/build/bench/logs"
+RESULTS_DIR="$ROOT/bench/results"
+START_TIME=$(date +%s)
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/tunnel-bench.XXXXXX") || exit 1
+PIDS=""
+MADE_PRIVSEP_DIR=0
+
+log() { printf 'bench: %s\n' "$*" >&2; }
+note() { printf '%s\n' "$*" >>"$TMP/notes"; log "$*"; }
+put() { printf '%s=%s\n' "$1" "$2" >>"$TMP/results"; }
+
+# stop PID...: SIGTERM the processes and all their descendants, SIGKILL what is
+# still there after 3 s. Only pids this script started (and their children).
+stop() {
+    [ $# -gt 0 ] || return 0
+    _s_all=$("$TB" pids "$@" 2>/dev/null)
+    [ -n "$_s_all" ] || return 0
+    kill $_s_all 2>/dev/null
+    _s_i=0 _s_alive=""
+    while [ $_s_i -lt 30 ]; do
+        _s_alive=""
+        for _s_p in $_s_all; do kill -0 "$_s_p" 2>/dev/null && _s_alive="$_s_alive $_s_p"; done
+        [ -z "$_s_alive" ] && break
+        sleep 0.1
+        _s_i=$((_s_i + 1))
+    done
+    [ -n "$_s_alive" ] && kill -9 $_s_alive 2>/dev/null
+    for _s_p in "$@"; do wait "$_s_p" 2>/dev/null; done
+    return 0
+}
+
+cleanup() {
+    trap - EXIT INT TERM HUP
+    exec 3>&- 2>/dev/null
+    # shellcheck disable=SC2086
+    [ -n "$PIDS" ] && stop $PIDS
+    rm -rf "$TMP"
+    [ "$MADE_PRIVSEP_DIR" = 1 ] && rmdir /run/sshd 2>/dev/null
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+
+# spawn NAME CMD...: starts CMD in the background, output to LOGDIR/NAME.log;
+# the pid is left in $SPAWNED.
+spawn() {
+    name=$1
+    shift
+    "$@" >"$LOGDIR/$name.log" 2>&1 &
+    SPAWNED=$!
+    PIDS="$PIDS $SPAWNED"
+}
+
+# forget PID...: drops stopped pids from the cleanup list.
+forget() {
+    keep=""
+    for p in $PIDS; do
+        drop=0
+        for q in "$@"; do [ "$p" = "$q" ] && drop=1; done
+        [ $drop = 0 ] && keep="$keep $p"
+    done
+    PIDS=$keep
+}
+
+tail_log() { # tail_log NAME: the end of a log, indented, for the notes
+    [ -f "$LOGDIR/$1.log" ] && tail -n 5 "$LOGDIR/$1.log" | sed 's/^/    /'
+}
+
+need() {
+    command -v "$1" >/dev/null 2>&1 && return 0
+    log "missing $1 (Debian package $2)"
+    MISSING="$MISSING $2"
+}
+
+# ------------------------------------------------------------------ setup
+mkdir -p "$LOGDIR" "$RESULTS_DIR" || exit 1
+rm -f "$LOGDIR"/*.log
+: >"$TMP/results"
+: >"$TMP/notes"
+
+MISSING=""
+need iperf3 iperf3
+need ssh openssh-client
+need ssh-keygen openssh-client
+[ -x /usr/sbin/sshd ] || { log "missing /usr/sbin/sshd (Debian package openssh-server)"; MISSING="$MISSING openssh-server"; }
+need curl curl
+need cc gcc
+if [ -n "$MISSING" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        log "installing:$MISSING"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $MISSING >"$LOGDIR/apt.log" 2>&1 ||
+            { apt-get update >>"$LOGDIR/apt.log" 2>&1 &&
+              DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $MISSING >>"$LOGDIR/apt.log" 2>&1; } ||
+            { log "apt-get install failed, see $LOGDIR/apt.log"; exit 1; }
+    else
+        log "install them: apt-get install$MISSING"
+        exit 1
+    fi
+fi
+
+make -s -f bench/Makefile >"$LOGDIR/build.log" 2>&1 || { cat "$LOGDIR/build.log" >&2; exit 1; }
+
+# File descriptors: every process that holds the connections needs HOLD_N + a few.
+hard=$(ulimit -Hn)
+if [ "$hard" != unlimited ] && [ "$hard" -lt $((HOLD_N + 200)) ]; then
+    note "ulimit -n hard limit is $hard, below $((HOLD_N + 200)): the hold test may fail for lack of fds"
+fi
+ulimit -n "$hard" 2>/dev/null || ulimit -Sn "$hard" 2>/dev/null
+note "ulimit -n is $(ulimit -n) for every process started here (hard limit $hard)"
+
+# Pids: a thread-per-connection tunnel needs up to ~4 threads per held connection.
+pid_max=$(cat /proc/sys/kernel/pid_max)
+if [ "$pid_max" -lt $((HOLD_N * 4 + 8000)) ]; then
+    if [ "$(id -u)" = 0 ] && echo 4194304 >/proc/sys/kernel/pid_max 2>/dev/null; then
+        note "raised kernel.pid_max from $pid_max to 4194304 (needed by thread-per-connection designs for $HOLD_N connections; left raised)"
+    else
+        note "kernel.pid_max is $pid_max (not root or not writable): a thread-per-connection tunnel may not hold $HOLD_N connections"
+    fi
+fi
+
+# Does the tunnel exist, and does it speak TLS yet?
+TUNNEL_OK=1
+if [ ! -x ./proxy_public ] || [ ! -x ./proxy_private ]; then
+    TUNNEL_OK=0
+    note "proxy_public/proxy_private not built: tunnel rows skipped"
+fi
+HAS_TLS=0
+if [ $TUNNEL_OK = 1 ] && ./proxy_public --help 2>&1 | grep -q -- '--insecure-plaintext'; then
+    HAS_TLS=1
+fi
+
+# ------------------------------------------------------------------ the apps
+spawn echo "$TB" echo-server 0
+ECHO_PID=$SPAWNED
+i=0
+while [ $i -lt 50 ] && ! grep -q '^port=' "$LOGDIR/echo.log" 2>/dev/null; do sleep 0.1; i=$((i + 1)); done
+ECHO_PORT=$(sed -n 's/^port=//p' "$LOGDIR/echo.log")
+[ -n "$ECHO_PORT" ] || { log "echo server did not start"; exit 1; }
+
+IPERF_PORT=$("$TB" freeport 1)
+spawn iperf3-server iperf3 -s -B 127.0.0.1 -p "$IPERF_PORT"
+IPERF_PID=$SPAWNED
+"$TB" waitport 127.0.0.1 "$IPERF_PORT" 10 || { log "iperf3 server did not start"; tail_log iperf3-server >&2; exit 1; }
+log "apps: echo on 127.0.0.1:$ECHO_PORT, iperf3 on 127.0.0.1:$IPERF_PORT"
+
+# ------------------------------------------------------------------ measurements
+# iperf_parse FILE: prints "BYTES MBITPS" of the receiver's sum, or nothing.
+iperf_parse() {
+    awk '/"sum_received"[ \t]*:/ { f = 1 }
+         f && /"bytes"[ \t]*:/ { v = $0; sub(/.*:[ \t]*/, "", v); sub(/,.*/, "", v); b = v }
+         f && /"bits_per_second"[ \t]*:/ { v = $0; sub(/.*:[ \t]*/, "", v); sub(/,.*/, "", v);
+                                          printf "%.0f %.1f\n", b, v / 1e6; exit }' "$1"
+}
+
+# measure PATH IPERF_PORT ECHO_PORT "PUBLIC_PIDS" "PRIVATE_PIDS"
+# The pid lists are the relay processes of each side (empty for direct).
+measure() {
+    path=$1 iport=$2 eport=$3 pub=$4 priv=$5
+
+    # Bulk, both directions; CPU of each side over both transfers.
+    [ -n "$pub" ] && cpu_pub0=$("$TB" pstat $pub | cut -d' ' -f1)
+    [ -n "$priv" ] && cpu_priv0=$("$TB" pstat $priv | cut -d' ' -f1)
+    total=0
+    for dir in up down; do
+        flag=""
+        [ $dir = down ] && flag=-R
+        timeout $((BULK_SECONDS + 30)) iperf3 -c 127.0.0.1 -p "$iport" -t "$BULK_SECONDS" $flag -J \
+            >"$LOGDIR/$path-iperf-$dir.json" 2>&1
+        set -- $(iperf_parse "$LOGDIR/$path-iperf-$dir.json")
+        if [ $# = 2 ]; then
+            put "$path.bulk_$dir" "$2"
+            total=$((total + $1))
+            log "$path: bulk $dir $2 Mbit/s"
+        else
+            note "$path: iperf3 $dir failed: $(grep '"error"' "$LOGDIR/$path-iperf-$dir.json" | head -1 | tr -s ' \t' ' ')"
+        fi
+    done
+    if [ "$total" -gt 0 ]; then
+        [ -n "$pub" ] && put "$path.cpu_pub" "$(echo "$cpu_pub0 $("$TB" pstat $pub | cut -d' ' -f1) $total" |
+            awk '{ printf "%.3f", ($2 - $1) / ($3 / 1073741824) }')"
+        [ -n "$priv" ] && put "$path.cpu_priv" "$(echo "$cpu_priv0 $("$TB" pstat $priv | cut -d' ' -f1) $total" |
+            awk '{ printf "%.3f", ($2 - $1) / ($3 / 1073741824) }')"
+    fi
+
+    # Latency: 64-byte ping-pong on one connection.
+    out=$(timeout 120 "$TB" pingpong 127.0.0.1 "$eport" "$PP_ROUNDS" 64 2>>"$LOGDIR/$path-pingpong.log")
+    set -- $out
+    if [ $# = 2 ]; then
+        put "$path.p50" "$1"
+        put "$path.p99" "$2"
+        log "$path: ping-pong p50 $1 us, p99 $2 us"
+    else
+        note "$path: ping-pong failed: $(tail -n 1 "$LOGDIR/$path-pingpong.log")"
+    fi
+
+    # New connections per second.
+    out=$(timeout $((CR_SECONDS + 30)) "$TB" connrate 127.0.0.1 "$eport" "$CR_SECONDS" "$CR_PARALLEL" \
+        2>>"$LOGDIR/$path-connrate.log")
+    set -- $out
+    if [ $# = 3 ]; then
+        put "$path.cps" "$1"
+        [ "$3" != 0 ] && note "$path: $3 of $(($2 + $3)) new connections failed"
+        log "$path: $1 new connections/s ($2 ok, $3 failed)"
+    else
+        note "$path: connrate failed: $(tail -n 1 "$LOGDIR/$path-connrate.log")"
+    fi
+
+    # Concurrent connections held, and memory per connection of each side.
+    [ -n "$pub" ] && rss_pub0=$("$TB" pstat $pub | cut -d' ' -f2)
+    [ -n "$priv" ] && rss_priv0=$("$TB" pstat $priv | cut -d' ' -f2)
+    rm -f "$TMP/holdin" "$TMP/hold.out"
+    mkfifo "$TMP/holdin" || exit 1
+    "$TB" hold 127.0.0.1 "$eport" "$HOLD_N" <"$TMP/holdin" >"$TMP/hold.out" 2>"$LOGDIR/$path-hold.log" &
+    hold_pid=$!
+    PIDS="$PIDS $hold_pid"
+    exec 3>"$TMP/holdin"
+    t0=$(date +%s)
+    i=0
+    while [ $i -lt 1500 ] && ! grep -q '^held=' "$TMP/hold.out" && kill -0 $hold_pid 2>/dev/null; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+    held=$(sed -n 's/^held=\([0-9]*\).*/\1/p' "$TMP/hold.out")
+    if [ -n "$held" ]; then
+        log "$path: $held of $HOLD_N connections held after $(($(date +%s) - t0)) s"
+        put "$path.held" "$held"
+        if [ "$held" -gt 0 ]; then
+            [ -n "$pub" ] && put "$path.rss_pub" "$(echo "$rss_pub0 $("$TB" pstat $pub | cut -d' ' -f2) $held" |
+                awk '{ printf "%.1f", ($2 - $1) / $3 }')"
+            [ -n "$priv" ] && put "$path.rss_priv" "$(echo "$rss_priv0 $("$TB" pstat $priv | cut -d' ' -f2) $held" |
+                awk '{ printf "%.1f", ($2 - $1) / $3 }')"
+        fi
+    else
+        note "$path: hold test gave no answer: $(tail -n 1 "$LOGDIR/$path-hold.log")"
+    fi
+    exec 3>&-
+    i=0
+    while [ $i -lt 600 ] && ! grep -q '^alive=' "$TMP/hold.out" && kill -0 $hold_pid 2>/dev/null; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+    alive=$(sed -n 's/^alive=\([0-9]*\).*/\1/p' "$TMP/hold.out")
+    [ -n "$alive" ] && put "$path.alive" "$alive"
+    [ -n "$held" ] && [ "$held" != "$HOLD_N" ] && note "$path: only $held of $HOLD_N connections held: $(tail -n 1 "$LOGDIR/$path-hold.log")"
+    [ -n "$held" ] && [ -n "$alive" ] && [ "$alive" != "$held" ] && note "$path: $alive of $held held connections still echoed at the end"
+    stop $hold_pid
+    forget $hold_pid
+    rm -f "$TMP/holdin"
+}
+
+# ------------------------------------------------------------------ ssh -R
+run_ssh() {
+    d="$TMP/ssh"
+    mkdir -p "$d" && chmod 700 "$d"
+    ssh-keygen -q -t ed25519 -N '' -C bench-host -f "$d/host_key" || return 1
+    ssh-keygen -q -t ed25519 -N '' -C bench-client -f "$d/client_key" || return 1
+    cp "$d/client_key.pub" "$d/authorized_keys"
+    set -- $("$TB" freeport 3)
+    sshd_port=$1 fwd_iperf=$2 fwd_echo=$3
+    cat >"$d/sshd_config" <<EOF
+# Private sshd for the benchmark: loopback only, its own key files, no PAM.
+Port $sshd_port
+ListenAddress 127.0.0.1
+HostKey $d/host_key
+PidFile $d/sshd.pid
+AuthorizedKeysFile $d/authorized_keys
+StrictModes no
+UsePAM no
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+AllowTcpForwarding remote
+GatewayPorts no
+X11Forwarding no
+PermitTTY no
+UseDNS no
+Subsystem sftp /bin/false
+LogLevel ERROR
+EOF
+    # As root, sshd insists on its privilege separation directory even with its own config.
+    if [ "$(id -u)" = 0 ] && [ ! -d /run/sshd ]; then
+        mkdir -m 0755 /run/sshd && MADE_PRIVSEP_DIR=1
+    fi
+    /usr/sbin/sshd -t -f "$d/sshd_config" >"$LOGDIR/sshd-config.log" 2>&1 ||
+        { note "ssh: sshd rejects its config: $(tail -n 1 "$LOGDIR/sshd-config.log")"; return 1; }
+    spawn sshd /usr/sbin/sshd -D -e -f "$d/sshd_config" -o "PidFile=$d/sshd.pid"
+    sshd_pid=$SPAWNED
+    "$TB" waitport 127.0.0.1 "$sshd_port" 10 || { note "ssh: sshd did not listen"; tail_log sshd >>"$TMP/notes"; return 1; }
+    spawn ssh ssh -F /dev/null -N -T \
+        -R "$fwd_iperf:127.0.0.1:$IPERF_PORT" -R "$fwd_echo:127.0.0.1:$ECHO_PORT" \
+        -i "$d/client_key" -p "$sshd_port" -l "$(id -un)" \
+        -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes \
+        -o ExitOnForwardFailure=yes -o Ciphers=chacha20-poly1305@openssh.com \
+        -o ServerAliveInterval=0 -o LogLevel=ERROR 127.0.0.1
+    ssh_pid=$SPAWNED
+    if ! "$TB" waitport 127.0.0.1 "$fwd_echo" 15 || ! "$TB" waitport 127.0.0.1 "$fwd_iperf" 5; then
+        note "ssh: forwarded ports never opened"
+        tail_log ssh >>"$TMP/notes"
+        stop $ssh_pid $sshd_pid
+        forget $ssh_pid $sshd_pid
+        return 1
+    fi
+    cipher=$(ssh -F /dev/null -Q cipher | grep -c chacha20-poly1305)
+    [ "$cipher" -ge 1 ] || note "ssh: this OpenSSH has no chacha20-poly1305"
+    measure ssh "$fwd_iperf" "$fwd_echo" "$sshd_pid" "$ssh_pid"
+    stop $ssh_pid $sshd_pid
+    forget $ssh_pid $sshd_pid
+}
+
+# ------------------------------------------------------------------ tunnel
+# run_tunnel MODE: MODE is plain or tls. With a TLS-capable build, plaintext
+# needs --insecure-plaintext on both sides; before that, plain is the only mode.
+run_tunnel() {
+    mode=$1
+    pub_extra="" priv_extra=""
+    if [ "$mode" = plain ] && [ $HAS_TLS = 1 ]; then
+        pub_extra="--insecure-plaintext" priv_extra="--insecure-plaintext"
+    fi
+    if [ "$mode" = tls ]; then
+        pub_extra=${BENCH_TLS_PUB_ARGS:-} priv_extra=${BENCH_TLS_PRIV_ARGS:-}
+    fi
+    state="$TMP/state-$mode"
+    mkdir -p "$state"
+    set -- $("$TB" freeport 4)
+    tport=$1 wport=$2 pub_iperf=$3 pub_echo=$4
+    # shellcheck disable=SC2086
+    spawn "$mode-proxy_public" ./proxy_public "$tport" "$wport" --token "$TOKEN" --state-dir "$state" $pub_extra
+    pub_pid=$SPAWNED
+    if ! "$TB" waitport 127.0.0.1 "$tport" 10; then
+        note "$mode: proxy_public did not listen on $tport"
+        tail_log "$mode-proxy_public" >>"$TMP/notes"
+        stop $pub_pid
+        forget $pub_pid
+        return 1
+    fi
+    # shellcheck disable=SC2086
+    spawn "$mode-proxy_private" ./proxy_private 127.0.0.1 "$tport" --token "$TOKEN" --name bench \
+        --register "bench-iperf:$pub_iperf:127.0.0.1:$IPERF_PORT" \
+        --register "bench-echo:$pub_echo:127.0.0.1:$ECHO_PORT" $priv_extra
+    priv_pid=$SPAWNED
+    # Bounded wait until /list shows both apps online.
+    i=0 ok=0
+    while [ $i -lt 100 ] && kill -0 $pub_pid 2>/dev/null && kill -0 $priv_pid 2>/dev/null; do
+        curl -s -m 2 -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$wport/list" >"$TMP/list.json" 2>/dev/null
+        n=$(tr -d ' \t\r\n' <"$TMP/list.json" | tr '}' '\n' |
+            grep -E '"name":"bench-(iperf|echo)"' | grep -c '"online":true')
+        [ "$n" = 2 ] && { ok=1; break; }
+        sleep 0.2
+        i=$((i + 1))
+    done
+    if [ $ok != 1 ]; then
+        note "$mode: apps not online in /list within 20 s; last answer: $(head -c 300 "$TMP/list.json")"
+        tail_log "$mode-proxy_public" >>"$TMP/notes"
+        tail_log "$mode-proxy_private" >>"$TMP/notes"
+        stop $priv_pid $pub_pid
+        forget $priv_pid $pub_pid
+        return 1
+    fi
+    measure "$mode" "$pub_iperf" "$pub_echo" "$pub_pid" "$priv_pid"
+    for p in $pub_pid $priv_pid; do
+        kill -0 "$p" 2>/dev/null || note "$mode: a proxy (pid $p) died during the run; see build/bench/logs/"
+    done
+    stop $priv_pid $pub_pid
+    forget $priv_pid $pub_pid
+}
+
+# ------------------------------------------------------------------ run
+for p in $PATHS; do
+    case $p in
+    direct) measure direct "$IPERF_PORT" "$ECHO_PORT" "" "" ;;
+    ssh) run_ssh || put ssh.status "failed to start" ;;
+    plain)
+        if [ $TUNNEL_OK = 1 ]; then run_tunnel plain || put plain.status "failed to start"
+        else put plain.status "not built"; fi ;;
+    tls)
+        if [ $TUNNEL_OK = 0 ]; then put tls.status "not built"
+        elif [ $HAS_TLS = 0 ]; then put tls.status "no TLS mode yet"
+        else run_tunnel tls || put tls.status "failed to start"; fi ;;
+    *) log "unknown path $p" ;;
+    esac
+done
+
+stop $IPERF_PID $ECHO_PID
+forget $IPERF_PID $ECHO_PID
+
+if [ $HAS_TLS = 1 ]; then plain_label="tunnel, plaintext (--insecure-plaintext)"
+else plain_label="tunnel, plaintext (only mode today)"; fi
+awk -v date="$(date -u '+%Y-%m-%d %H:%M:%S UTC')" -v nproc="$(nproc)" \
+    -v cmd="make bench (sh bench/run.sh; bulk ${BULK_SECONDS} s each way, ${PP_ROUNDS} ping-pongs, connrate ${CR_SECONDS} s x ${CR_PARALLEL}, hold ${HOLD_N})" \
+    -v host="$(uname -srm)" -v elapsed=$(($(date +%s) - START_TIME)) \
+    -v hold_n="$HOLD_N" -v plain_label="$plain_label" -v notes_file="$TMP/notes" \
+    -f bench/report.awk "$TMP/results" >"$TMP/latest.md"
+cat "$TMP/latest.md"
+cp "$TMP/latest.md" "$RESULTS_DIR/latest.md"
+log "saved bench/results/latest.md; logs in build/bench/logs/"
