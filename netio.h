@@ -1,0 +1,49 @@
+#ifndef NETIO_H
+#define NETIO_H
+
+/* Small socket and thread helpers shared by both proxies. */
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* Stack for relay and acceptor threads: small on purpose (thousands of threads);
+ * no function run on it keeps more than a few KiB on the stack. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define THREAD_STACK_SIZE (512 * 1024)   /* sanitizers need far more stack */
+#else
+#define THREAD_STACK_SIZE (64 * 1024)
+#endif
+
+/* Milliseconds on CLOCK_MONOTONIC. */
+uint64_t mono_ms(void);
+
+/* Write all of buf to a blocking socket: retries EINTR and short writes, never
+ * raises SIGPIPE. 0 on success, -1 with errno set. */
+int net_write_all(int fd, const void *buf, size_t len);
+
+/* Listen on addr:port (addr NULL = all IPv4 addresses). Returns the fd or -1 with
+ * a reason in err. */
+int net_listen(const char *addr, int port, int backlog, char *err, size_t errlen);
+
+/* Connect to host:port within timeout_ms. Returns a blocking fd or -1 with a
+ * reason in err ("connection refused", "timed out", ...). */
+int net_dial(const char *host, int port, int timeout_ms, char *err, size_t errlen);
+
+/* TCP_NODELAY and keepalive, so dead peers are found and small writes go out. */
+void net_tune(int fd);
+
+int net_set_nonblock(int fd, int on);
+
+/* "ip:port" of the peer of fd, or "?" */
+void net_peer_str(int fd, char *out, size_t cap);
+
+/* Start fn(arg) on a detached thread with THREAD_STACK_SIZE stack and SIGINT,
+ * SIGTERM and SIGUSR1 blocked. 0 on success, else an error number. */
+int thread_spawn(void *(*fn)(void *), void *arg);
+
+/* Raise RLIMIT_NOFILE's soft limit to its hard limit; returns the new soft limit. */
+long net_raise_fd_limit(void);
+
+#endif

@@ -1,0 +1,29 @@
+#ifndef OP_ENUM_H
+#define OP_ENUM_H
+
+/* Operation codes carried in the "op" member of every frame header.
+ * One line each: code, name, description. docs/PROTOCOL.md has the members. */
+#define OP_LIST(X)                                                                  \
+    X(1, HELLO, "private -> public: version, token, name, window, apps to register") \
+    X(2, WELCOME, "public -> private: handshake accepted, window, heartbeat, results") \
+    X(3, ERROR, "either: fatal error with code and message; sender closes after it")  \
+    X(4, PING, "either: heartbeat, sent every few seconds when the tunnel is up")     \
+    X(5, BUILD_CONNECTION, "public -> private: dial target_host:target_port for conn") \
+    X(6, CONNECTED, "private -> public: the target answered, relay may start")       \
+    X(7, DATA, "either: len raw payload bytes of conn follow the header")            \
+    X(8, ACK, "either: bytes of conn were delivered; reopens the sender's window")    \
+    X(9, SHUTDOWN, "either: the sender's socket reached end of stream (half-close)")  \
+    X(10, CLOSE, "either: the sender dropped conn; reason says why")
+
+enum op_code {
+#define OP_ENUM_ITEM(code, name, desc) OP_##name = code,
+    OP_LIST(OP_ENUM_ITEM)
+#undef OP_ENUM_ITEM
+    OP_MAX_CODE = 10
+};
+
+/* Name and description of an op code, or NULL for an unknown code. */
+const char *op_name(int op);
+const char *op_description(int op);
+
+#endif

@@ -1,0 +1,68 @@
+#ifndef PACKET_H
+#define PACKET_H
+
+/* Operations on the tunnel: building them (packet()), encoding them into frames,
+ * and parsing frames with every length and field checked. See docs/PROTOCOL.md. */
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "op_enum.h"
+
+#define PKT_PROTO_VERSION 1
+#define PKT_FRAME_PREFIX 4                 /* uint32 big-endian header length */
+#define PKT_MAX_HEADER 65536               /* after the handshake */
+#define PKT_MAX_HEADER_PREAUTH 16384       /* before it: tighter, nobody is trusted yet */
+#define PKT_MAX_DATA 262144                /* payload of one DATA frame */
+#define PKT_WINDOW_MIN 65536
+#define PKT_WINDOW_MAX (16 * 1024 * 1024)
+#define PKT_WINDOW_DEFAULT (1024 * 1024)
+#define PKT_NAME_MAX 64
+#define PKT_TOKEN_MAX 256
+#define PKT_HOST_MAX 253
+#define PKT_MAX_APPS 64
+#define PKT_CONN_ID_MAX ((1ULL << 53) - 1)
+#define PKT_MAX_FRAME (PKT_FRAME_PREFIX + PKT_MAX_HEADER + PKT_MAX_DATA)
+
+/* A parsed frame. `json` is owned by the pkt and freed by pkt_clear(); the other
+ * members are copies of checked fields so callers never re-validate. */
+struct pkt {
+    int op;
+    json_t *json;
+    uint64_t conn;                 /* BUILD_CONNECTION..CLOSE */
+    size_t len;                    /* DATA: payload length; ACK: bytes acknowledged */
+    const unsigned char *payload;  /* DATA: points into the caller's buffer */
+};
+
+/* Build an operation: {"op": op} plus the members packed from fmt (a json_pack
+ * format for an object, e.g. "{s:I,s:i}"), or just {"op": op} when fmt is NULL.
+ * Returns a new reference, or NULL on a bad format or out of memory. */
+json_t *packet(int op, const char *fmt, ...);
+
+/* Encode hdr into out as a frame prefix + header (the payload, if any, is sent
+ * separately). Returns the number of bytes written, or -1 if it does not fit in
+ * cap or exceeds PKT_MAX_HEADER. */
+int pkt_encode(const json_t *hdr, unsigned char *out, size_t cap);
+
+/* Parse the frame at the start of buf[0..avail).
+ *   1: a whole frame; *out is filled, *frame_len is its total size (prefix +
+ *      header + payload) and out->payload points into buf.
+ *   0: incomplete; *frame_len is the total size needed when known, else 0.
+ *  -1: malformed, oversized or invalid; err holds a reason fit for a log line.
+ * max_header is PKT_MAX_HEADER or PKT_MAX_HEADER_PREAUTH. Never reads past avail. */
+int pkt_parse_frame(const unsigned char *buf, size_t avail, size_t max_header,
+                    struct pkt *out, size_t *frame_len, char *err, size_t errlen);
+
+/* Validate one decoded header object against its op's rules (used by
+ * pkt_parse_frame; exposed for tests). Returns 0 or -1 with err set. */
+int pkt_validate(json_t *hdr, struct pkt *out, char *err, size_t errlen);
+
+void pkt_clear(struct pkt *p);
+
+/* Name rule shared by private proxies and apps: [A-Za-z0-9._-]{1,64}. */
+int pkt_valid_name(const char *s);
+/* Host rule: 1..253 bytes of [A-Za-z0-9.:_-] (names, IPv4, IPv6 without brackets). */
+int pkt_valid_host(const char *s);
+
+#endif

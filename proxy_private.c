@@ -1,0 +1,423 @@
+/* proxy_private - the home side. Dials proxy_public, keeps the tunnel up
+ * (heartbeats, reconnect with backoff and jitter), registers its --register
+ * apps, and on BUILD_CONNECTION dials the home app and relays. */
+
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "netio.h"
+#include "packet.h"
+#include "tunnel.h"
+
+#define MAX_REGISTER PKT_MAX_APPS
+#define HANDSHAKE_TIMEOUT_MS 10000
+#define BACKOFF_MIN_MS 1000
+#define BACKOFF_MAX_MS 30000
+
+struct app_req {
+    char name[PKT_NAME_MAX + 1];
+    int public_port;
+    char host[PKT_HOST_MAX + 1];
+    int target_port;
+};
+
+static struct {
+    const char *host;
+    int port;
+    const char *token;
+    char name[PKT_NAME_MAX + 1];
+    struct app_req apps[MAX_REGISTER];
+    int napps;
+} cfg;
+
+/* Shutdown: the signal thread sets stop and kills the current tunnel. */
+static pthread_mutex_t state_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t state_cond;
+static int stop_requested;
+static struct tunnel *current;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "Usage: proxy_private HOST TUNNEL_PORT [options]\n"
+            "Dial proxy_public at HOST:TUNNEL_PORT and carry its clients to apps here.\n"
+            "\n"
+            "Options:\n"
+            "  --token TOKEN        shared secret printed by proxy_public (or env NAT_TOKEN)\n"
+            "  --name NAME          name of this private proxy (default: the host name)\n"
+            "  --register NAME:PUBLIC_PORT:TARGET_HOST:TARGET_PORT\n"
+            "                       ask the public side to open PUBLIC_PORT for the app at\n"
+            "                       TARGET_HOST:TARGET_PORT (repeatable, re-sent on reconnect)\n"
+            "  --log-level LEVEL    debug, info (default), warn or error\n"
+            "  --help               show this help\n"
+            "  --version            show the version\n");
+}
+
+static int parse_port(const char *s, int *out)
+{
+    char *end;
+    long v;
+
+    errno = 0;
+    v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < 1 || v > 65535)
+        return -1;
+    *out = (int)v;
+    return 0;
+}
+
+/* NAME:PUBLIC_PORT:TARGET_HOST:TARGET_PORT; the host may hold colons (IPv6),
+ * optionally in brackets, so the last colon ends it. */
+static int parse_register(const char *arg, struct app_req *r)
+{
+    char buf[512];
+    char *p1, *p2, *last, *host;
+
+    if (strlen(arg) >= sizeof(buf))
+        return -1;
+    strcpy(buf, arg);
+    p1 = strchr(buf, ':');
+    if (!p1)
+        return -1;
+    *p1++ = '\0';
+    p2 = strchr(p1, ':');
+    if (!p2)
+        return -1;
+    *p2++ = '\0';
+    last = strrchr(p2, ':');
+    if (!last)
+        return -1;
+    *last++ = '\0';
+    host = p2;
+    if (host[0] == '[' && host[strlen(host) - 1] == ']') {
+        host[strlen(host) - 1] = '\0';
+        host++;
+    }
+    if (!pkt_valid_name(buf) || !pkt_valid_host(host) || parse_port(p1, &r->public_port) != 0 ||
+        parse_port(last, &r->target_port) != 0)
+        return -1;
+    snprintf(r->name, sizeof(r->name), "%.64s", buf);
+    snprintf(r->host, sizeof(r->host), "%.253s", host);
+    return 0;
+}
+
+static void default_name(char *out, size_t cap)
+{
+    char host[256] = "";
+    size_t j = 0;
+
+    if (gethostname(host, sizeof(host) - 1) != 0)
+        host[0] = '\0';
+    for (size_t i = 0; host[i] && j + 1 < cap && j < PKT_NAME_MAX; i++) {
+        char c = host[i];
+        out[j++] = pkt_valid_name((char[]){c, '\0'}) ? c : '-';
+    }
+    out[j] = '\0';
+    if (!pkt_valid_name(out))
+        snprintf(out, cap, "home");
+}
+
+static int parse_args(int argc, char **argv)
+{
+    int pos = 0;
+
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            exit(0);
+        } else if (strcmp(a, "--version") == 0) {
+            printf("proxy_private %s (protocol %d)\n", PROXY_VERSION, PKT_PROTO_VERSION);
+            exit(0);
+        } else if (strncmp(a, "--", 2) == 0) {
+            const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+            if (!v) {
+                fprintf(stderr, "proxy_private: option %s needs a value\n", a);
+                return -1;
+            }
+            i++;
+            if (strcmp(a, "--token") == 0) {
+                cfg.token = v;
+            } else if (strcmp(a, "--name") == 0) {
+                if (!pkt_valid_name(v)) {
+                    fprintf(stderr, "proxy_private: --name '%s' must match [A-Za-z0-9._-]{1,64}\n", v);
+                    return -1;
+                }
+                snprintf(cfg.name, sizeof(cfg.name), "%.64s", v);
+            } else if (strcmp(a, "--register") == 0) {
+                if (cfg.napps >= MAX_REGISTER) {
+                    fprintf(stderr, "proxy_private: at most %d --register options\n", MAX_REGISTER);
+                    return -1;
+                }
+                if (parse_register(v, &cfg.apps[cfg.napps]) != 0) {
+                    fprintf(stderr,
+                            "proxy_private: --register '%s' is not NAME:PUBLIC_PORT:TARGET_HOST:TARGET_PORT\n",
+                            v);
+                    return -1;
+                }
+                cfg.napps++;
+            } else if (strcmp(a, "--log-level") == 0) {
+                int lvl = log_parse_level(v);
+                if (lvl < 0) {
+                    fprintf(stderr, "proxy_private: --log-level '%s' is not debug, info, warn or error\n", v);
+                    return -1;
+                }
+                log_set_level((enum log_level)lvl);
+            } else {
+                fprintf(stderr, "proxy_private: unknown option '%s' (see --help)\n", a);
+                return -1;
+            }
+        } else if (pos == 0) {
+            cfg.host = a;
+            pos++;
+        } else if (pos == 1) {
+            if (parse_port(a, &cfg.port) != 0) {
+                fprintf(stderr, "proxy_private: TUNNEL_PORT '%s' is not a port number (1-65535)\n", a);
+                return -1;
+            }
+            pos++;
+        } else {
+            fprintf(stderr, "proxy_private: unexpected argument '%s' (see --help)\n", a);
+            return -1;
+        }
+    }
+    if (pos < 2) {
+        fprintf(stderr, "proxy_private: missing %s (see --help)\n", pos == 0 ? "HOST" : "TUNNEL_PORT");
+        return -1;
+    }
+    if (!cfg.token)
+        cfg.token = getenv("NAT_TOKEN");
+    if (!cfg.token || !*cfg.token) {
+        fprintf(stderr, "proxy_private: no token: pass --token TOKEN or set NAT_TOKEN "
+                        "(proxy_public prints it when it starts)\n");
+        return -1;
+    }
+    if (strlen(cfg.token) > PKT_TOKEN_MAX) {
+        fprintf(stderr, "proxy_private: --token is longer than %d bytes\n", PKT_TOKEN_MAX);
+        return -1;
+    }
+    if (!cfg.name[0])
+        default_name(cfg.name, sizeof(cfg.name));
+    return 0;
+}
+
+static json_t *hello_packet(void)
+{
+    json_t *apps = json_array();
+
+    for (int i = 0; apps && i < cfg.napps; i++)
+        json_array_append_new(apps, json_pack("{s:s,s:i,s:s,s:i}", "name", cfg.apps[i].name,
+                                              "public_port", cfg.apps[i].public_port,
+                                              "target_host", cfg.apps[i].host, "target_port",
+                                              cfg.apps[i].target_port));
+    return packet(OP_HELLO, "{s:i,s:s,s:s,s:i,s:o*}", "version", PKT_PROTO_VERSION, "token",
+                  cfg.token, "name", cfg.name, "window", PKT_WINDOW_DEFAULT, "apps", apps);
+}
+
+static int on_build_connection(struct tunnel *t, struct pkt *p, void *arg)
+{
+    const char *host = json_string_value(json_object_get(p->json, "target_host"));
+    int port = (int)json_integer_value(json_object_get(p->json, "target_port"));
+
+    (void)arg;
+    conn_start_private(t, p->conn, host, port);
+    return 0;
+}
+
+/* Result of one tunnel session. */
+enum session_end { SESSION_RETRY, SESSION_FATAL, SESSION_WAS_UP };
+
+static enum session_end run_session(void)
+{
+    char err[192] = "", addr[64];
+    struct tunnel *t = NULL;
+    struct pkt p = {0};
+    enum session_end result = SESSION_RETRY;
+    int fd, r;
+
+    fd = net_dial(cfg.host, cfg.port, HANDSHAKE_TIMEOUT_MS, err, sizeof(err));
+    if (fd < 0) {
+        log_warn("ev=dial_failed public=%s:%d err=\"%s\"", cfg.host, cfg.port, err);
+        return SESSION_RETRY;
+    }
+    net_peer_str(fd, addr, sizeof(addr));
+    t = tunnel_new(fd, cfg.name, addr, 0);
+    if (!t) {
+        close(fd);
+        return SESSION_RETRY;
+    }
+    pthread_mutex_lock(&state_lock);
+    if (stop_requested) {
+        pthread_mutex_unlock(&state_lock);
+        goto out;
+    }
+    current = t;
+    pthread_mutex_unlock(&state_lock);
+
+    if (tunnel_send(t, hello_packet(), NULL, 0) != 0) {
+        log_warn("ev=handshake_failed public=%s err=\"could not send HELLO\"", addr);
+        goto out;
+    }
+    r = tunnel_read_handshake(t, &p, HANDSHAKE_TIMEOUT_MS, err, sizeof(err));
+    if (r <= 0) {
+        log_warn("ev=handshake_failed public=%s err=\"%s\"", addr, err);
+        goto out;
+    }
+    if (p.op == OP_ERROR) {
+        char code[64], msg[200];
+        log_escape(json_string_value(json_object_get(p.json, "code")), code, sizeof(code));
+        log_escape(json_string_value(json_object_get(p.json, "message")), msg, sizeof(msg));
+        if (strcmp(code, "bad_token") == 0 || strcmp(code, "bad_version") == 0) {
+            log_error("ev=refused public=%s code=%s msg=\"%s\" hint=\"%s\"", addr, code, msg,
+                      strcmp(code, "bad_token") == 0
+                          ? "the token is wrong: use the one proxy_public printed"
+                          : "upgrade so both sides speak the same protocol version");
+            result = SESSION_FATAL;
+        } else {
+            log_warn("ev=refused public=%s code=%s msg=\"%s\"", addr, code, msg);
+        }
+        goto out;
+    }
+    if (p.op != OP_WELCOME) {
+        log_warn("ev=handshake_failed public=%s err=\"expected WELCOME, got %s\"", addr, op_name(p.op));
+        goto out;
+    }
+    if (json_integer_value(json_object_get(p.json, "version")) != PKT_PROTO_VERSION) {
+        log_error("ev=refused public=%s err=\"public side speaks protocol %lld, we speak %d\"", addr,
+                  (long long)json_integer_value(json_object_get(p.json, "version")), PKT_PROTO_VERSION);
+        result = SESSION_FATAL;
+        goto out;
+    }
+    tunnel_set_peer_window(t, (uint32_t)json_integer_value(json_object_get(p.json, "window")));
+    {
+        size_t i;
+        json_t *res;
+        json_array_foreach(json_object_get(p.json, "apps"), i, res) {
+            const char *name = json_string_value(json_object_get(res, "name"));
+            char esc[200];
+            if (json_is_true(json_object_get(res, "ok")))
+                log_info("ev=app_registered app=%s", name);
+            else
+                log_error("ev=app_refused app=%s err=\"%s\"", name,
+                          log_escape(json_string_value(json_object_get(res, "error")), esc, sizeof(esc)));
+        }
+    }
+    pkt_clear(&p);
+    result = SESSION_WAS_UP;
+    if (tunnel_start_heartbeat(t) != 0) {
+        log_error("ev=thread_failed what=heartbeat");
+        goto out;
+    }
+    log_info("ev=tunnel_up public=%s name=%s apps=%d", addr, cfg.name, cfg.napps);
+    tunnel_run(t, on_build_connection, NULL, err, sizeof(err));
+    log_warn("ev=tunnel_down public=%s reason=\"%s\"", addr, err);
+out:
+    pkt_clear(&p);
+    tunnel_kill(t, "session over");
+    pthread_mutex_lock(&state_lock);
+    current = NULL;
+    pthread_mutex_unlock(&state_lock);
+    if (tunnel_wait_idle(t, 5000) != 0)
+        log_warn("ev=slow_shutdown what=\"connections still closing\"");
+    tunnel_unref(t);
+    return result;
+}
+
+static void *signal_main(void *arg)
+{
+    sigset_t set;
+    int sig = 0;
+
+    (void)arg;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    while (sigwait(&set, &sig) != 0)
+        ;
+    log_info("ev=stopping signal=%s", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    pthread_mutex_lock(&state_lock);
+    stop_requested = 1;
+    if (current)
+        tunnel_kill(current, "shutting down");
+    pthread_cond_broadcast(&state_cond);
+    pthread_mutex_unlock(&state_lock);
+    return NULL;
+}
+
+/* Sleep up to ms unless a stop is requested; returns 1 when stopping. */
+static int wait_or_stop(unsigned ms)
+{
+    struct timespec ts;
+    int stop;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&state_lock);
+    while (!stop_requested && pthread_cond_timedwait(&state_cond, &state_lock, &ts) == 0)
+        ;
+    stop = stop_requested;
+    pthread_mutex_unlock(&state_lock);
+    return stop;
+}
+
+int main(int argc, char **argv)
+{
+    pthread_condattr_t ca;
+    unsigned backoff = BACKOFF_MIN_MS;
+    int exit_code = 0;
+
+    tunnel_global_init();
+    json_object_seed(0);
+    if (parse_args(argc, argv) != 0)
+        return 2;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&state_cond, &ca);
+    pthread_condattr_destroy(&ca);
+    srand((unsigned)(mono_ms() ^ (uint64_t)getpid()));
+    net_raise_fd_limit();
+    if (thread_spawn(signal_main, NULL) != 0) {
+        fprintf(stderr, "proxy_private: cannot start the signal thread\n");
+        return 1;
+    }
+    log_info("ev=start version=%s public=%s:%d name=%s apps=%d", PROXY_VERSION, cfg.host, cfg.port,
+             cfg.name, cfg.napps);
+    for (;;) {
+        unsigned delay;
+        enum session_end r = run_session();
+        if (r == SESSION_FATAL) {
+            exit_code = 3;
+            break;
+        }
+        if (r == SESSION_WAS_UP)
+            backoff = BACKOFF_MIN_MS;
+        /* Exponential backoff with jitter so that many homes do not reconnect
+         * in lockstep after the public side restarts. */
+        delay = backoff + (unsigned)(rand() % (int)(backoff / 2 + 1));
+        if (delay > BACKOFF_MAX_MS)
+            delay = BACKOFF_MAX_MS;
+        if (wait_or_stop(r == SESSION_WAS_UP ? 200 + delay / 5 : delay))
+            break;
+        log_info("ev=reconnecting after_ms=%u", delay);
+        backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+    }
+    pthread_mutex_lock(&state_lock);
+    if (!stop_requested)
+        exit_code = exit_code ? exit_code : 1;
+    pthread_mutex_unlock(&state_lock);
+    log_info("ev=exit code=%d", exit_code);
+    return exit_code;
+}

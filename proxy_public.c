@@ -1,0 +1,388 @@
+/* proxy_public - the side with a public address. Accepts tunnels from private
+ * proxies on TUNNEL_PORT, listens on each registered app's public port, and
+ * serves the HTTP API and page on WEB_PORT. */
+
+#include <errno.h>
+#include <ifaddrs.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "netio.h"
+#include "packet.h"
+#include "registry.h"
+#include "state.h"
+#include "tunnel.h"
+#include "web_api.h"
+
+#define HANDSHAKE_TIMEOUT_MS 10000
+#define MAX_TUNNEL_THREADS 1024
+
+static struct {
+    int tunnel_port, web_port;
+    const char *bind_addr;
+    const char *token_arg;
+    const char *state_dir;
+    char *token;
+} cfg = {.state_dir = "proxy_state"};
+
+static _Atomic int stopping;
+static _Atomic int tunnel_threads;
+static int tunnel_listen_fd = -1;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "Usage: proxy_public TUNNEL_PORT WEB_PORT [options]\n"
+            "Accept tunnels from proxy_private on TUNNEL_PORT, serve the API and page on\n"
+            "WEB_PORT, and open each registered app's public port to the internet.\n"
+            "\n"
+            "Options:\n"
+            "  --bind ADDR          listen on this IPv4 address only (default: all)\n"
+            "  --token TOKEN        shared secret (or env NAT_TOKEN; default: generated\n"
+            "                       once and kept in STATE_DIR/token)\n"
+            "  --state-dir DIR      where registrations and the token live\n"
+            "                       (default: ./proxy_state)\n"
+            "  --log-level LEVEL    debug, info (default), warn or error\n"
+            "  --help               show this help\n"
+            "  --version            show the version\n"
+            "\n"
+            "HTTP API (Authorization: Bearer TOKEN): POST /register, POST /unregister,\n"
+            "GET /list, GET /metrics; the page is at GET /. See docs/API.md.\n");
+}
+
+static int parse_port(const char *s, int *out)
+{
+    char *end;
+    long v;
+
+    errno = 0;
+    v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < 1 || v > 65535)
+        return -1;
+    *out = (int)v;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv)
+{
+    int pos = 0;
+
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            exit(0);
+        } else if (strcmp(a, "--version") == 0) {
+            printf("proxy_public %s (protocol %d)\n", PROXY_VERSION, PKT_PROTO_VERSION);
+            exit(0);
+        } else if (strncmp(a, "--", 2) == 0) {
+            const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+            if (!v) {
+                fprintf(stderr, "proxy_public: option %s needs a value\n", a);
+                return -1;
+            }
+            i++;
+            if (strcmp(a, "--bind") == 0) {
+                struct in_addr ia;
+                if (inet_pton(AF_INET, v, &ia) != 1) {
+                    fprintf(stderr, "proxy_public: --bind '%s' is not an IPv4 address\n", v);
+                    return -1;
+                }
+                cfg.bind_addr = v;
+            } else if (strcmp(a, "--token") == 0) {
+                cfg.token_arg = v;
+            } else if (strcmp(a, "--state-dir") == 0) {
+                cfg.state_dir = v;
+            } else if (strcmp(a, "--log-level") == 0) {
+                int lvl = log_parse_level(v);
+                if (lvl < 0) {
+                    fprintf(stderr, "proxy_public: --log-level '%s' is not debug, info, warn or error\n", v);
+                    return -1;
+                }
+                log_set_level((enum log_level)lvl);
+            } else {
+                fprintf(stderr, "proxy_public: unknown option '%s' (see --help)\n", a);
+                return -1;
+            }
+        } else if (pos < 2) {
+            if (parse_port(a, pos == 0 ? &cfg.tunnel_port : &cfg.web_port) != 0) {
+                fprintf(stderr, "proxy_public: %s '%s' is not a port number (1-65535)\n",
+                        pos == 0 ? "TUNNEL_PORT" : "WEB_PORT", a);
+                return -1;
+            }
+            pos++;
+        } else {
+            fprintf(stderr, "proxy_public: unexpected argument '%s' (see --help)\n", a);
+            return -1;
+        }
+    }
+    if (pos < 2) {
+        fprintf(stderr, "proxy_public: missing %s (see --help)\n", pos == 0 ? "TUNNEL_PORT" : "WEB_PORT");
+        return -1;
+    }
+    if (cfg.tunnel_port == cfg.web_port) {
+        fprintf(stderr, "proxy_public: TUNNEL_PORT and WEB_PORT must differ\n");
+        return -1;
+    }
+    if (!cfg.token_arg && getenv("NAT_TOKEN") && *getenv("NAT_TOKEN"))
+        cfg.token_arg = getenv("NAT_TOKEN");
+    if (cfg.token_arg && strlen(cfg.token_arg) > PKT_TOKEN_MAX) {
+        fprintf(stderr, "proxy_public: --token is longer than %d bytes\n", PKT_TOKEN_MAX);
+        return -1;
+    }
+    return 0;
+}
+
+/* A guess at the address private proxies should dial, for the hint we print. */
+static void guess_public_host(char *out, size_t cap)
+{
+    struct ifaddrs *ifs = NULL;
+
+    snprintf(out, cap, "%s", cfg.bind_addr && strcmp(cfg.bind_addr, "0.0.0.0") != 0
+                                 ? cfg.bind_addr : "THIS_SERVER");
+    if (cfg.bind_addr && strcmp(cfg.bind_addr, "0.0.0.0") != 0)
+        return;
+    if (getifaddrs(&ifs) != 0)
+        return;
+    for (struct ifaddrs *i = ifs; i; i = i->ifa_next) {
+        if (i->ifa_addr && i->ifa_addr->sa_family == AF_INET) {
+            struct sockaddr_in *s = (struct sockaddr_in *)i->ifa_addr;
+            if ((ntohl(s->sin_addr.s_addr) >> 24) != 127) {
+                inet_ntop(AF_INET, &s->sin_addr, out, (socklen_t)cap);
+                break;
+            }
+        }
+    }
+    freeifaddrs(ifs);
+}
+
+/* ------------------------------------------------------------ tunnels */
+
+/* Register the apps a HELLO asks for; returns the WELCOME results array. */
+static json_t *register_hello_apps(json_t *hello, const char *priv)
+{
+    json_t *results = json_array(), *a;
+    size_t i;
+
+    json_array_foreach(json_object_get(hello, "apps"), i, a) {
+        struct app_spec spec;
+        char err[300];
+        int status = registry_spec_from_json(a, &spec, err, sizeof(err)) == 0 ? 0 : 400;
+        if (status == 0) {
+            snprintf(spec.private_name, sizeof(spec.private_name), "%s", priv);
+            status = registry_register(&spec, 1, err, sizeof(err));
+        }
+        if (status < 300)
+            json_array_append_new(results, json_pack("{s:s,s:b}", "name", spec.name, "ok", 1));
+        else
+            json_array_append_new(results, json_pack("{s:s,s:b,s:s}", "name",
+                                                     json_string_value(json_object_get(a, "name")),
+                                                     "ok", 0, "error", err));
+    }
+    return results;
+}
+
+static void *tunnel_main(void *arg)
+{
+    struct tunnel *t = arg;
+    struct pkt p = {0};
+    char err[200] = "", name[PKT_NAME_MAX + 1] = "";
+    const char *addr = tunnel_addr(t);
+    int up = 0;
+
+    if (tunnel_read_handshake(t, &p, HANDSHAKE_TIMEOUT_MS, err, sizeof(err)) <= 0) {
+        log_warn("ev=handshake_failed client=%s err=\"%s\"", addr, err);
+        if (strncmp(err, "header", 6) == 0 || strncmp(err, "bad", 3) == 0 ||
+            strncmp(err, "member", 6) == 0 || strncmp(err, "unknown", 7) == 0)
+            tunnel_fail(t, "protocol", "malformed first frame: expected HELLO");
+        goto out;
+    }
+    if (p.op != OP_HELLO) {
+        log_warn("ev=handshake_failed client=%s err=\"expected HELLO, got %s\"", addr, op_name(p.op));
+        tunnel_fail(t, "protocol", "expected HELLO first");
+        goto out;
+    }
+    if (json_integer_value(json_object_get(p.json, "version")) != PKT_PROTO_VERSION) {
+        log_warn("ev=handshake_failed client=%s err=\"protocol version %lld, we speak %d\"", addr,
+                 (long long)json_integer_value(json_object_get(p.json, "version")), PKT_PROTO_VERSION);
+        tunnel_fail(t, "bad_version", "unsupported protocol version: this server speaks 1");
+        goto out;
+    }
+    {
+        const char *tok = json_string_value(json_object_get(p.json, "token"));
+        if (!web_token_equal(tok, strlen(tok), cfg.token)) {
+            log_warn("ev=auth_failed client=%s what=tunnel reason=\"wrong token\"", addr);
+            tunnel_fail(t, "bad_token", "wrong token");
+            goto out;
+        }
+    }
+    snprintf(name, sizeof(name), "%s", json_string_value(json_object_get(p.json, "name")));
+    tunnel_set_peer_window(t, (uint32_t)json_integer_value(json_object_get(p.json, "window")));
+    registry_private_up(name, t, addr);
+    up = 1;
+    if (tunnel_send(t, packet(OP_WELCOME, "{s:i,s:i,s:i,s:o}", "version", PKT_PROTO_VERSION, "window",
+                              PKT_WINDOW_DEFAULT, "heartbeat", 5, "apps",
+                              register_hello_apps(p.json, name)),
+                    NULL, 0) != 0) {
+        log_warn("ev=handshake_failed client=%s err=\"could not send WELCOME\"", addr);
+        goto out;
+    }
+    pkt_clear(&p);
+    if (tunnel_start_heartbeat(t) != 0) {
+        log_error("ev=thread_failed what=heartbeat");
+        goto out;
+    }
+    log_info("ev=tunnel_up name=%s client=%s", name, addr);
+    tunnel_run(t, NULL, NULL, err, sizeof(err));
+    log_warn("ev=tunnel_down name=%s client=%s reason=\"%s\"", name, addr, err);
+out:
+    pkt_clear(&p);
+    tunnel_kill(t, "tunnel ended");
+    if (up)
+        registry_private_down(name, t);
+    tunnel_wait_idle(t, 5000);
+    tunnel_unref(t);
+    tunnel_threads--;
+    return NULL;
+}
+
+static void *tunnel_accept_main(void *arg)
+{
+    uint64_t last_warn = 0;
+
+    (void)arg;
+    while (!stopping) {
+        char addr[64];
+        struct tunnel *t;
+        int rc, fd = accept4(tunnel_listen_fd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0) {
+            struct timespec ts = {.tv_nsec = 100 * 1000 * 1000};
+            if (stopping)
+                break;
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if (mono_ms() - last_warn > 1000) {
+                log_error("ev=accept_failed what=tunnel err=\"%s\"", strerror(errno));
+                last_warn = mono_ms();
+            }
+            nanosleep(&ts, NULL);
+            continue;
+        }
+        net_peer_str(fd, addr, sizeof(addr));
+        if (tunnel_threads >= MAX_TUNNEL_THREADS) {
+            log_warn("ev=tunnel_refused client=%s reason=\"too many tunnels\"", addr);
+            close(fd);
+            continue;
+        }
+        t = tunnel_new(fd, "", addr, 1);
+        if (!t) {
+            close(fd);
+            continue;
+        }
+        tunnel_threads++;
+        rc = thread_spawn(tunnel_main, t);
+        if (rc != 0) {
+            tunnel_threads--;
+            log_error("ev=thread_failed what=tunnel err=\"%s\"", strerror(rc));
+            tunnel_unref(t);
+        }
+    }
+    return NULL;
+}
+
+int main(int argc, char **argv)
+{
+    char err[512], host[64];
+    sigset_t set;
+    int sig = 0, created = 0, rc = 1;
+    struct timespec ts = {.tv_nsec = 10 * 1000 * 1000};
+    uint64_t deadline;
+
+    tunnel_global_init();
+    json_object_seed(0);
+    if (parse_args(argc, argv) != 0)
+        return 2;
+    net_raise_fd_limit();
+    if (state_ensure_dir(cfg.state_dir, err, sizeof(err)) != 0) {
+        fprintf(stderr, "proxy_public: %s\n", err);
+        return 1;
+    }
+    if (cfg.token_arg) {
+        cfg.token = strdup(cfg.token_arg);
+    } else {
+        cfg.token = state_token(cfg.state_dir, &created, err, sizeof(err));
+        if (!cfg.token) {
+            fprintf(stderr, "proxy_public: %s\n", err);
+            return 1;
+        }
+    }
+    if (!cfg.token)
+        return 1;
+    if (registry_init(cfg.state_dir, cfg.bind_addr, cfg.tunnel_port, cfg.web_port, err,
+                      sizeof(err)) != 0) {
+        fprintf(stderr, "proxy_public: %s\n", err);
+        goto out;
+    }
+    tunnel_listen_fd = net_listen(cfg.bind_addr, cfg.tunnel_port, 128, err, sizeof(err));
+    if (tunnel_listen_fd < 0) {
+        fprintf(stderr, "proxy_public: cannot listen on TUNNEL_PORT: %s\n", err);
+        goto out_registry;
+    }
+    if (web_start(cfg.bind_addr, cfg.web_port, cfg.token, err, sizeof(err)) != 0) {
+        fprintf(stderr, "proxy_public: WEB_PORT: %s\n", err);
+        goto out_listen;
+    }
+    if (thread_spawn(tunnel_accept_main, NULL) != 0) {
+        fprintf(stderr, "proxy_public: cannot start the tunnel acceptor\n");
+        goto out_web;
+    }
+    guess_public_host(host, sizeof(host));
+    if (!cfg.token_arg) {
+        /* The secret goes to the terminal (stdout), never into the log. */
+        printf("%s token in %s/token\n"
+               "Connect a home machine with:\n"
+               "  ./proxy_private %s %d --token %s --register web:8080:127.0.0.1:80\n"
+               "Manage apps at http://%s:%d/ with the same token.\n",
+               created ? "Generated a new" : "Using the", cfg.state_dir, host, cfg.tunnel_port,
+               cfg.token, host, cfg.web_port);
+        fflush(stdout);
+    }
+    log_info("ev=ready version=%s tunnel_port=%d web_port=%d bind=%s state_dir=%s", PROXY_VERSION,
+             cfg.tunnel_port, cfg.web_port, cfg.bind_addr ? cfg.bind_addr : "0.0.0.0",
+             cfg.state_dir);
+
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    while (sigwait(&set, &sig) != 0)
+        ;
+    log_info("ev=stopping signal=%s", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    stopping = 1;
+    rc = 0;
+    shutdown(tunnel_listen_fd, SHUT_RDWR);
+out_web:
+    web_stop();
+out_listen:
+    stopping = 1;
+    shutdown(tunnel_listen_fd, SHUT_RDWR);
+out_registry:
+    registry_shutdown();
+    deadline = mono_ms() + 5000;
+    while (tunnel_threads > 0 && mono_ms() < deadline)
+        nanosleep(&ts, NULL);
+    if (tunnel_listen_fd >= 0)
+        close(tunnel_listen_fd);
+out:
+    free(cfg.token);
+    log_info("ev=exit code=%d", rc);
+    return rc;
+}

@@ -1,0 +1,1018 @@
+/* tunnel.c - the relay engine shared by proxy_public and proxy_private.
+ *
+ * See tunnel.h for the thread model. The invariants that keep it safe:
+ * - Only the reader reads the tunnel socket; every write goes through
+ *   tunnel_send() under wlock. The reader never calls tunnel_send(), so a full
+ *   tunnel can slow the relay threads but can never stop the reader.
+ * - Per connection, the reader writes straight to the socket when nothing is
+ *   queued (non-blocking, no copy) and queues the rest; the queue is bounded by
+ *   our window because a peer that sends more is a protocol error.
+ * - Only a connection's relay thread closes its socket, under the conn lock, so
+ *   the reader never writes to a descriptor that was closed and reused. */
+
+#include "tunnel.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "netio.h"
+
+#define CONN_BUCKETS 4096
+#define RELAY_CHUNK (64 * 1024)          /* bytes read from a socket per DATA frame */
+#define READ_BUF_SIZE (PKT_MAX_FRAME + 64 * 1024)
+#define HEARTBEAT_S 5
+#define DEAD_AFTER_MS 15000
+#define CONNECT_WAIT_MS 15000            /* public side: BUILD_CONNECTION -> CONNECTED */
+#define DIAL_TIMEOUT_MS 10000
+#define SEND_TIMEOUT_S 30                /* a tunnel that takes nothing for this long is dead */
+
+struct chunk {
+    struct chunk *next;
+    size_t len, off;
+    unsigned char data[];
+};
+
+struct conn {
+    _Atomic int refs;
+    uint64_t id;
+    struct tunnel *t;           /* holds a reference */
+    struct conn *hnext;         /* hash chain, under t->lock */
+    struct app_stats *stats;    /* public side only; holds a reference */
+    char *host;                 /* private side: target to dial */
+    int port;
+
+    pthread_mutex_t lock;       /* everything below */
+    int fd;                     /* owned by the relay thread; -1 once closed */
+    pthread_t thread;
+    int thread_running;
+    int sleeping;               /* the relay thread is (about to be) in ppoll */
+    int connected;
+    int peer_shut;              /* got SHUTDOWN */
+    int peer_closed;            /* got CLOSE */
+    int abort;                  /* drop now; reason in why */
+    char why[64];
+    size_t inflight;            /* DATA bytes sent, not yet acknowledged */
+    size_t rx_unacked;          /* DATA bytes received, not yet acknowledged */
+    size_t ack_due;             /* of those, written to the socket */
+    struct chunk *qhead, *qtail;
+    size_t qbytes;
+};
+
+struct tunnel {
+    _Atomic int refs;
+    int fd;
+    int is_public;
+    char name[PKT_NAME_MAX + 1];
+    char addr[64];
+    uint32_t my_window;
+    _Atomic uint32_t peer_window;
+    _Atomic int dead;
+    _Atomic uint64_t next_id;
+
+    pthread_mutex_t wlock;      /* the tunnel writer */
+    pthread_mutex_t lock;       /* the connection table and hb_cond */
+    pthread_cond_t hb_cond;
+    struct conn *buckets[CONN_BUCKETS];
+    unsigned nconns;
+    char dead_reason[128];
+
+    unsigned char *rbuf;        /* reader thread only */
+    size_t rstart, rend;
+};
+
+/* ---------------------------------------------------------------- stats */
+
+struct app_stats *app_stats_new(void)
+{
+    struct app_stats *s = calloc(1, sizeof(*s));
+
+    if (s)
+        s->refs = 1;
+    return s;
+}
+
+void app_stats_ref(struct app_stats *s)
+{
+    if (s)
+        s->refs++;
+}
+
+void app_stats_unref(struct app_stats *s)
+{
+    if (s && --s->refs == 0)
+        free(s);
+}
+
+/* --------------------------------------------------------------- signals */
+
+static void wake_handler(int sig)
+{
+    (void)sig; /* only there to interrupt ppoll() */
+}
+
+void tunnel_global_init(void)
+{
+    struct sigaction sa;
+    sigset_t set;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = wake_handler;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGUSR1, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    sigemptyset(&set);
+    sigaddset(&set, SIGUSR1);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+}
+
+/* ---------------------------------------------------------------- tunnel */
+
+struct tunnel *tunnel_new(int fd, const char *name, const char *addr, int is_public)
+{
+    struct tunnel *t = calloc(1, sizeof(*t));
+    struct timeval tv = {.tv_sec = 1};
+    struct timeval stv = {.tv_sec = SEND_TIMEOUT_S};
+    pthread_condattr_t ca;
+
+    if (!t)
+        return NULL;
+    t->rbuf = malloc(READ_BUF_SIZE);
+    if (!t->rbuf) {
+        free(t);
+        return NULL;
+    }
+    t->refs = 1;
+    t->fd = fd;
+    t->is_public = is_public;
+    t->my_window = PKT_WINDOW_DEFAULT;
+    t->peer_window = PKT_WINDOW_DEFAULT;
+    t->next_id = 1;
+    snprintf(t->name, sizeof(t->name), "%s", name ? name : "");
+    snprintf(t->addr, sizeof(t->addr), "%s", addr ? addr : "");
+    pthread_mutex_init(&t->wlock, NULL);
+    pthread_mutex_init(&t->lock, NULL);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&t->hb_cond, &ca);
+    pthread_condattr_destroy(&ca);
+    /* The reader wakes every second to check the heartbeat deadline; a writer
+     * that makes no progress for SEND_TIMEOUT_S gives up on the tunnel. */
+    (void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &stv, sizeof(stv));
+    net_tune(fd);
+    return t;
+}
+
+void tunnel_ref(struct tunnel *t)
+{
+    t->refs++;
+}
+
+void tunnel_unref(struct tunnel *t)
+{
+    if (!t || --t->refs > 0)
+        return;
+    close(t->fd);
+    pthread_mutex_destroy(&t->wlock);
+    pthread_mutex_destroy(&t->lock);
+    pthread_cond_destroy(&t->hb_cond);
+    free(t->rbuf);
+    free(t);
+}
+
+void tunnel_set_peer_window(struct tunnel *t, uint32_t window)
+{
+    t->peer_window = window;
+}
+
+const char *tunnel_name(const struct tunnel *t)
+{
+    return t->name;
+}
+
+const char *tunnel_addr(const struct tunnel *t)
+{
+    return t->addr;
+}
+
+int tunnel_is_dead(const struct tunnel *t)
+{
+    return t->dead;
+}
+
+unsigned tunnel_conn_count(struct tunnel *t)
+{
+    unsigned n;
+
+    pthread_mutex_lock(&t->lock);
+    n = t->nconns;
+    pthread_mutex_unlock(&t->lock);
+    return n;
+}
+
+int tunnel_send(struct tunnel *t, json_t *hdr, const void *payload, size_t len)
+{
+    unsigned char small[512];
+    unsigned char *buf = small;
+    size_t cap = sizeof(small);
+    struct iovec iov[2];
+    int n, iovcnt, rc = -1;
+
+    if (!hdr)
+        return -1;
+    n = pkt_encode(hdr, buf, cap);
+    if (n < 0) {
+        cap = PKT_FRAME_PREFIX + PKT_MAX_HEADER;
+        buf = malloc(cap);
+        if (!buf)
+            goto out;
+        n = pkt_encode(hdr, buf, cap);
+        if (n < 0)
+            goto out;
+    }
+    iov[0].iov_base = buf;
+    iov[0].iov_len = (size_t)n;
+    iov[1].iov_base = (void *)payload;
+    iov[1].iov_len = len;
+    iovcnt = payload && len ? 2 : 1;
+
+    pthread_mutex_lock(&t->wlock);
+    while (!t->dead) {
+        ssize_t w = writev(t->fd, iov, iovcnt);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        for (int i = 0; i < iovcnt && w > 0; i++) {
+            size_t take = (size_t)w < iov[i].iov_len ? (size_t)w : iov[i].iov_len;
+            iov[i].iov_base = (char *)iov[i].iov_base + take;
+            iov[i].iov_len -= take;
+            w -= (ssize_t)take;
+        }
+        if (iov[0].iov_len == 0 && (iovcnt == 1 || iov[1].iov_len == 0)) {
+            rc = 0;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&t->wlock);
+    if (rc != 0 && !t->dead)
+        tunnel_kill(t, errno == EAGAIN ? "peer stopped reading" : "write failed");
+out:
+    json_decref(hdr);
+    if (buf != small)
+        free(buf);
+    return rc;
+}
+
+void tunnel_fail(struct tunnel *t, const char *code, const char *message)
+{
+    tunnel_send(t, packet(OP_ERROR, "{s:s,s:s}", "code", code, "message", message), NULL, 0);
+    tunnel_kill(t, message);
+}
+
+/* ------------------------------------------------------------- conn table */
+
+static struct conn *conn_lookup(struct tunnel *t, uint64_t id)
+{
+    struct conn *c;
+
+    pthread_mutex_lock(&t->lock);
+    for (c = t->buckets[id % CONN_BUCKETS]; c; c = c->hnext)
+        if (c->id == id)
+            break;
+    if (c)
+        c->refs++;
+    pthread_mutex_unlock(&t->lock);
+    return c;
+}
+
+/* Insert c; fails when the tunnel is already dead or the id is taken. */
+static int conn_insert(struct tunnel *t, struct conn *c)
+{
+    struct conn *o;
+    int rc = -1;
+
+    pthread_mutex_lock(&t->lock);
+    if (t->dead)
+        goto out;
+    for (o = t->buckets[c->id % CONN_BUCKETS]; o; o = o->hnext)
+        if (o->id == c->id)
+            goto out;
+    c->hnext = t->buckets[c->id % CONN_BUCKETS];
+    t->buckets[c->id % CONN_BUCKETS] = c;
+    t->nconns++;
+    c->refs++;
+    rc = 0;
+out:
+    pthread_mutex_unlock(&t->lock);
+    return rc;
+}
+
+/* Remove c from the table if it is still there; drops the table's reference. */
+static void conn_remove(struct tunnel *t, struct conn *c)
+{
+    struct conn **pp;
+    int found = 0;
+
+    pthread_mutex_lock(&t->lock);
+    for (pp = &t->buckets[c->id % CONN_BUCKETS]; *pp; pp = &(*pp)->hnext) {
+        if (*pp == c) {
+            *pp = c->hnext;
+            t->nconns--;
+            found = 1;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&t->lock);
+    if (found)
+        c->refs--; /* the caller still holds its own reference */
+}
+
+static void conn_unref(struct conn *c)
+{
+    struct chunk *ch;
+
+    if (!c || --c->refs > 0)
+        return;
+    while ((ch = c->qhead)) {
+        c->qhead = ch->next;
+        free(ch);
+    }
+    if (c->fd >= 0)
+        close(c->fd);
+    app_stats_unref(c->stats);
+    tunnel_unref(c->t);
+    pthread_mutex_destroy(&c->lock);
+    free(c->host);
+    free(c);
+}
+
+/* Under c->lock: make the relay thread re-examine its state. */
+static void conn_wake_locked(struct conn *c)
+{
+    if (c->thread_running && c->sleeping) {
+        c->sleeping = 0;
+        pthread_kill(c->thread, SIGUSR1);
+    }
+}
+
+static void conn_abort_locked(struct conn *c, const char *why)
+{
+    if (!c->abort) {
+        c->abort = 1;
+        snprintf(c->why, sizeof(c->why), "%s", why);
+    }
+    conn_wake_locked(c);
+}
+
+void tunnel_kill(struct tunnel *t, const char *reason)
+{
+    int expected = 0;
+
+    if (!atomic_compare_exchange_strong(&t->dead, &expected, 1))
+        return;
+    pthread_mutex_lock(&t->lock);
+    snprintf(t->dead_reason, sizeof(t->dead_reason), "%s", reason);
+    pthread_cond_broadcast(&t->hb_cond);
+    for (unsigned b = 0; b < CONN_BUCKETS; b++) {
+        for (struct conn *c = t->buckets[b]; c; c = c->hnext) {
+            pthread_mutex_lock(&c->lock);
+            conn_abort_locked(c, "tunnel down");
+            pthread_mutex_unlock(&c->lock);
+        }
+    }
+    pthread_mutex_unlock(&t->lock);
+    shutdown(t->fd, SHUT_RDWR);
+}
+
+/* ---------------------------------------------------------------- reader */
+
+/* Make sure rbuf holds a whole frame; returns like pkt_parse_frame, plus 0 with
+ * *eof set when the peer closed. Checks the heartbeat deadline while waiting. */
+static int read_frame(struct tunnel *t, size_t max_header, uint64_t deadline_ms, struct pkt *p,
+                      size_t *flen, int *eof, char *err, size_t errlen)
+{
+    for (;;) {
+        int r = pkt_parse_frame(t->rbuf + t->rstart, t->rend - t->rstart, max_header, p, flen,
+                                err, errlen);
+        ssize_t n;
+        size_t need;
+
+        if (r != 0)
+            return r;
+        /* Room for the whole frame: compact when the tail is too short. */
+        need = *flen ? *flen : PKT_FRAME_PREFIX + 1;
+        if (t->rstart + need > READ_BUF_SIZE || t->rstart == t->rend) {
+            memmove(t->rbuf, t->rbuf + t->rstart, t->rend - t->rstart);
+            t->rend -= t->rstart;
+            t->rstart = 0;
+        }
+        for (;;) {
+            if (t->dead) {
+                snprintf(err, errlen, "%s", "tunnel closed");
+                return -1;
+            }
+            n = recv(t->fd, t->rbuf + t->rend, READ_BUF_SIZE - t->rend, 0);
+            if (n > 0)
+                break;
+            if (n == 0) {
+                *eof = 1;
+                return 0;
+            }
+            if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK) {
+                snprintf(err, errlen, "read: %s", strerror(errno));
+                return -1;
+            }
+            if (mono_ms() >= deadline_ms) {
+                snprintf(err, errlen, "%s", "no frame from peer in time (peer vanished?)");
+                return -1;
+            }
+        }
+        t->rend += (size_t)n;
+    }
+}
+
+int tunnel_read_handshake(struct tunnel *t, struct pkt *p, int timeout_ms, char *err,
+                          size_t errlen)
+{
+    size_t flen = 0;
+    int eof = 0;
+    int r = read_frame(t, PKT_MAX_HEADER_PREAUTH, mono_ms() + (uint64_t)timeout_ms, p, &flen,
+                       &eof, err, errlen);
+
+    if (r == 1)
+        t->rstart += flen;
+    if (r == 0 && eof)
+        snprintf(err, errlen, "%s", "peer closed the connection");
+    return r == 0 ? 0 : r;
+}
+
+static void deliver_data(struct tunnel *t, struct conn *c, const struct pkt *p, int *fatal)
+{
+    const unsigned char *data = p->payload;
+    size_t len = p->len;
+    struct chunk *ch;
+
+    pthread_mutex_lock(&c->lock);
+    if (c->peer_shut || c->peer_closed) {
+        *fatal = 1; /* DATA after SHUTDOWN/CLOSE: the peer is broken */
+        goto out;
+    }
+    c->rx_unacked += len;
+    if (c->rx_unacked > t->my_window) {
+        *fatal = 1;
+        goto out;
+    }
+    if (c->stats)
+        c->stats->bytes_out += len;
+    if (c->abort)
+        goto out;
+    /* Fast path: nothing queued and the socket takes it now. */
+    if (!c->qhead && c->fd >= 0) {
+        ssize_t w;
+        do
+            w = send(c->fd, data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        while (w < 0 && errno == EINTR);
+        if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+            conn_abort_locked(c, "write to socket failed");
+            goto out;
+        }
+        if (w > 0) {
+            data += w;
+            len -= (size_t)w;
+            c->ack_due += (size_t)w;
+        }
+    }
+    if (len > 0) {
+        ch = malloc(sizeof(*ch) + len);
+        if (!ch) {
+            conn_abort_locked(c, "out of memory");
+            goto out;
+        }
+        ch->next = NULL;
+        ch->len = len;
+        ch->off = 0;
+        memcpy(ch->data, data, len);
+        if (c->qtail)
+            c->qtail->next = ch;
+        else
+            c->qhead = ch;
+        c->qtail = ch;
+        c->qbytes += len;
+        conn_wake_locked(c);
+    } else if (c->ack_due >= t->my_window / 4) {
+        conn_wake_locked(c);
+    }
+out:
+    pthread_mutex_unlock(&c->lock);
+}
+
+/* Dispatch the operations both sides share. Returns -1 to end the tunnel. */
+static int dispatch(struct tunnel *t, struct pkt *p, tunnel_op_fn fn, void *arg, char *err,
+                    size_t errlen)
+{
+    struct conn *c = NULL;
+    int fatal = 0;
+
+    switch (p->op) {
+    case OP_PING:
+        return 0;
+    case OP_ERROR: {
+        char msg[100];
+        log_escape(json_string_value(json_object_get(p->json, "message")), msg, sizeof(msg));
+        snprintf(err, errlen, "peer reported error: %s", msg);
+        return -1;
+    }
+    case OP_DATA:
+    case OP_ACK:
+    case OP_SHUTDOWN:
+    case OP_CLOSE:
+        break;
+    case OP_CONNECTED:
+        if (!t->is_public)
+            goto unexpected;
+        break;
+    case OP_BUILD_CONNECTION:
+        if (t->is_public)
+            goto unexpected;
+        return fn ? fn(t, p, arg) : -1;
+    default:
+        goto unexpected;
+    }
+
+    c = conn_lookup(t, p->conn);
+    if (!c)
+        return 0; /* crossed a CLOSE in flight */
+    if (p->op == OP_DATA) {
+        deliver_data(t, c, p, &fatal);
+        if (fatal)
+            snprintf(err, errlen, "conn=%llu broke flow control or sent DATA after its end",
+                     (unsigned long long)p->conn);
+    } else {
+        pthread_mutex_lock(&c->lock);
+        if (p->op == OP_ACK) {
+            if (p->len > c->inflight) {
+                fatal = 1;
+                snprintf(err, errlen, "conn=%llu acknowledged more than was sent",
+                         (unsigned long long)p->conn);
+            } else {
+                c->inflight -= p->len;
+            }
+        } else if (p->op == OP_SHUTDOWN) {
+            c->peer_shut = 1;
+        } else if (p->op == OP_CONNECTED) {
+            c->connected = 1;
+        } else { /* CLOSE */
+            const char *why = json_string_value(json_object_get(p->json, "reason"));
+            c->peer_closed = 1;
+            if (!c->connected) {
+                char esc[48];
+                conn_abort_locked(c, log_escape(why ? why : "refused", esc, sizeof(esc)));
+            } else if (why && strcmp(why, "done") != 0) {
+                conn_abort_locked(c, "peer reset");
+            }
+        }
+        conn_wake_locked(c);
+        pthread_mutex_unlock(&c->lock);
+    }
+    conn_unref(c);
+    return fatal ? -1 : 0;
+
+unexpected:
+    snprintf(err, errlen, "unexpected op %s after the handshake", op_name(p->op));
+    return -1;
+}
+
+void tunnel_run(struct tunnel *t, tunnel_op_fn fn, void *arg, char *why, size_t whylen)
+{
+    char err[160] = "";
+
+    while (!t->dead) {
+        struct pkt p;
+        size_t flen = 0;
+        int eof = 0;
+        int r = read_frame(t, PKT_MAX_HEADER, mono_ms() + DEAD_AFTER_MS, &p, &flen, &eof, err,
+                           sizeof(err));
+        if (r == 0) {
+            snprintf(err, sizeof(err), "%s", "peer closed the tunnel");
+            break;
+        }
+        if (r < 0)
+            break;
+        r = dispatch(t, &p, fn, arg, err, sizeof(err));
+        t->rstart += flen;
+        pkt_clear(&p);
+        if (r < 0)
+            break;
+    }
+    pthread_mutex_lock(&t->lock);
+    if (t->dead && t->dead_reason[0])
+        snprintf(err, sizeof(err), "%s", t->dead_reason);
+    pthread_mutex_unlock(&t->lock);
+    tunnel_kill(t, err);
+    snprintf(why, whylen, "%s", err);
+}
+
+/* ------------------------------------------------------------- heartbeat */
+
+static void *heartbeat_main(void *arg)
+{
+    struct tunnel *t = arg;
+
+    pthread_mutex_lock(&t->lock);
+    while (!t->dead) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_sec += HEARTBEAT_S;
+        while (!t->dead && pthread_cond_timedwait(&t->hb_cond, &t->lock, &ts) == 0)
+            ;
+        if (t->dead)
+            break;
+        pthread_mutex_unlock(&t->lock);
+        tunnel_send(t, packet(OP_PING, NULL), NULL, 0);
+        pthread_mutex_lock(&t->lock);
+    }
+    pthread_mutex_unlock(&t->lock);
+    tunnel_unref(t);
+    return NULL;
+}
+
+int tunnel_wait_idle(struct tunnel *t, int timeout_ms)
+{
+    uint64_t deadline = mono_ms() + (uint64_t)timeout_ms;
+
+    while (t->refs > 1) {
+        struct timespec ts = {.tv_nsec = 10 * 1000 * 1000};
+        if (mono_ms() >= deadline)
+            return -1;
+        nanosleep(&ts, NULL);
+    }
+    return 0;
+}
+
+int tunnel_start_heartbeat(struct tunnel *t)
+{
+    int rc;
+
+    tunnel_ref(t);
+    rc = thread_spawn(heartbeat_main, t);
+    if (rc != 0)
+        tunnel_unref(t);
+    return rc;
+}
+
+/* ----------------------------------------------------------------- relay */
+
+/* Send ACK for what was written to the socket; called by the relay thread. */
+static int send_ack(struct conn *c, size_t n)
+{
+    return tunnel_send(c->t, packet(OP_ACK, "{s:I,s:I}", "conn", (json_int_t)c->id, "bytes",
+                                    (json_int_t)n), NULL, 0);
+}
+
+/* Write queued chunks to the socket until it would block. Under c->lock. */
+static void flush_queue_locked(struct conn *c)
+{
+    struct chunk *ch;
+
+    while ((ch = c->qhead)) {
+        ssize_t w = send(c->fd, ch->data + ch->off, ch->len - ch->off, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                conn_abort_locked(c, "write to socket failed");
+            return;
+        }
+        ch->off += (size_t)w;
+        c->qbytes -= (size_t)w;
+        c->ack_due += (size_t)w;
+        if (ch->off < ch->len)
+            return;
+        c->qhead = ch->next;
+        if (!c->qhead)
+            c->qtail = NULL;
+        free(ch);
+    }
+}
+
+/* The relay loop of one connected socket. Returns the reason it ended and
+ * whether that was an orderly end. */
+static int relay(struct conn *c, unsigned char *buf, const char **why)
+{
+    struct tunnel *t = c->t;
+    int local_eof = 0, wr_shut = 0, rc = -1;
+    uint64_t connect_deadline = mono_ms() + CONNECT_WAIT_MS;
+    sigset_t waitmask;
+
+    pthread_sigmask(SIG_SETMASK, NULL, &waitmask);
+    sigdelset(&waitmask, SIGUSR1);
+
+    for (;;) {
+        struct pollfd pfd = {.fd = c->fd, .events = 0};
+        struct timespec ts = {.tv_sec = 1}, *tsp = NULL;
+        size_t ack = 0, room = 0;
+        int want_read;
+
+        pthread_mutex_lock(&c->lock);
+        if (c->abort) {
+            *why = c->why;
+            pthread_mutex_unlock(&c->lock);
+            return -1;
+        }
+        if (c->qhead)
+            flush_queue_locked(c);
+        if (c->ack_due >= t->my_window / 4) {
+            ack = c->ack_due;
+            c->ack_due = 0;
+            c->rx_unacked -= ack;
+        }
+        if (!c->qhead && c->peer_shut && !wr_shut) {
+            shutdown(c->fd, SHUT_WR);
+            wr_shut = 1;
+        }
+        if (local_eof && !c->qhead && (c->peer_shut || c->peer_closed) && !ack) {
+            *why = "done";
+            rc = 0;
+            pthread_mutex_unlock(&c->lock);
+            break;
+        }
+        if (c->peer_closed && !c->qhead && !ack) {
+            *why = "done";
+            rc = 0;
+            pthread_mutex_unlock(&c->lock);
+            break;
+        }
+        if (c->inflight < t->peer_window)
+            room = t->peer_window - c->inflight;
+        want_read = c->connected && !local_eof && room > 0;
+        if (want_read)
+            pfd.events |= POLLIN;
+        if (c->qhead)
+            pfd.events |= POLLOUT;
+        if (!c->connected) {
+            uint64_t now = mono_ms();
+            if (now >= connect_deadline) {
+                *why = "no answer from the private side";
+                pthread_mutex_unlock(&c->lock);
+                return -1;
+            }
+            tsp = &ts;
+        }
+        if (!ack)
+            c->sleeping = 1;
+        pthread_mutex_unlock(&c->lock);
+
+        if (ack) {
+            if (send_ack(c, ack) != 0)
+                return -1;
+            continue;
+        }
+        if (pfd.events == 0)
+            pfd.fd = -1; /* nothing to wait for on the socket: just the wake signal */
+        if (ppoll(&pfd, 1, tsp, &waitmask) < 0) {
+            if (errno == EINTR)
+                continue;
+            *why = "poll failed";
+            return -1;
+        }
+        pthread_mutex_lock(&c->lock);
+        c->sleeping = 0;
+        pthread_mutex_unlock(&c->lock);
+
+        if (pfd.revents & (POLLIN | POLLHUP | POLLERR)) {
+            if (!want_read) {
+                if (pfd.revents & POLLERR) {
+                    *why = "socket error";
+                    return -1;
+                }
+                continue;
+            }
+            size_t want = room < RELAY_CHUNK ? room : RELAY_CHUNK;
+            ssize_t n = recv(c->fd, buf, want, MSG_DONTWAIT);
+            if (n > 0) {
+                pthread_mutex_lock(&c->lock);
+                c->inflight += (size_t)n;
+                pthread_mutex_unlock(&c->lock);
+                if (c->stats)
+                    c->stats->bytes_in += (uint64_t)n;
+                if (tunnel_send(t, packet(OP_DATA, "{s:I,s:I}", "conn", (json_int_t)c->id, "len",
+                                          (json_int_t)n),
+                                buf, (size_t)n) != 0) {
+                    *why = "tunnel down";
+                    return -1;
+                }
+            } else if (n == 0) {
+                local_eof = 1;
+                if (tunnel_send(t, packet(OP_SHUTDOWN, "{s:I}", "conn", (json_int_t)c->id), NULL,
+                                0) != 0) {
+                    *why = "tunnel down";
+                    return -1;
+                }
+            } else if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK) {
+                *why = "connection reset";
+                return -1;
+            }
+        }
+    }
+    return rc;
+}
+
+/* Close the socket, leave the table, tell the peer. Drops the thread's ref. */
+static void conn_finish(struct conn *c, int orderly, const char *why)
+{
+    struct tunnel *t = c->t;
+    int tell_peer;
+    char esc[64];
+
+    pthread_mutex_lock(&c->lock);
+    if (c->fd >= 0) {
+        if (!orderly) {
+            /* Reset rather than FIN, so the other end sees the failure. */
+            struct linger lg = {.l_onoff = 1, .l_linger = 0};
+            (void)setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+        }
+        close(c->fd);
+        c->fd = -1;
+    }
+    c->thread_running = 0;
+    tell_peer = !c->peer_closed && !t->dead;
+    pthread_mutex_unlock(&c->lock);
+
+    conn_remove(t, c);
+    if (tell_peer)
+        tunnel_send(t, packet(OP_CLOSE, "{s:I,s:s}", "conn", (json_int_t)c->id, "reason",
+                              orderly ? "done" : log_escape(why, esc, sizeof(esc))),
+                    NULL, 0);
+    if (c->stats)
+        c->stats->active--;
+    log_debug("ev=conn_closed tunnel=%s conn=%llu reason=\"%s\"", t->name,
+              (unsigned long long)c->id, log_escape(why, esc, sizeof(esc)));
+    conn_unref(c);
+}
+
+static void conn_thread_begin(struct conn *c)
+{
+    pthread_mutex_lock(&c->lock);
+    c->thread = pthread_self();
+    c->thread_running = 1;
+    pthread_mutex_unlock(&c->lock);
+}
+
+static void *public_conn_main(void *arg)
+{
+    struct conn *c = arg;
+    unsigned char *buf = malloc(RELAY_CHUNK);
+    const char *why = "out of memory";
+    int rc = -1;
+
+    conn_thread_begin(c);
+    if (buf)
+        rc = relay(c, buf, &why);
+    if (rc != 0 && c->stats) {
+        pthread_mutex_lock(&c->lock);
+        if (!c->connected)
+            c->stats->failures++;
+        pthread_mutex_unlock(&c->lock);
+    }
+    free(buf);
+    conn_finish(c, rc == 0, why);
+    return NULL;
+}
+
+static struct conn *conn_new(struct tunnel *t, uint64_t id, int fd)
+{
+    struct conn *c = calloc(1, sizeof(*c));
+
+    if (!c)
+        return NULL;
+    c->refs = 1;
+    c->id = id;
+    c->fd = fd;
+    c->t = t;
+    tunnel_ref(t);
+    pthread_mutex_init(&c->lock, NULL);
+    return c;
+}
+
+int conn_start_public(struct tunnel *t, int client_fd, const char *app, const char *host,
+                      int port, struct app_stats *stats)
+{
+    uint64_t id = t->next_id++;
+    struct conn *c = conn_new(t, id, client_fd);
+    int rc;
+
+    if (!c) {
+        close(client_fd);
+        return -1;
+    }
+    net_tune(client_fd);
+    net_set_nonblock(client_fd, 1);
+    c->stats = stats;
+    app_stats_ref(stats);
+    if (stats) {
+        stats->total++;
+        stats->active++;
+    }
+    if (conn_insert(t, c) != 0)
+        goto fail;
+    if (tunnel_send(t, packet(OP_BUILD_CONNECTION, "{s:I,s:s,s:s,s:i}", "conn", (json_int_t)id,
+                              "app", app, "target_host", host, "target_port", port),
+                    NULL, 0) != 0) {
+        conn_remove(t, c);
+        goto fail;
+    }
+    rc = thread_spawn(public_conn_main, c);
+    if (rc != 0) {
+        log_error("ev=thread_failed conn=%llu err=\"%s\"", (unsigned long long)id, strerror(rc));
+        pthread_mutex_lock(&c->lock);
+        c->thread_running = 0;
+        pthread_mutex_unlock(&c->lock);
+        conn_remove(t, c);
+        tunnel_send(t, packet(OP_CLOSE, "{s:I,s:s}", "conn", (json_int_t)id, "reason",
+                              "out of threads"), NULL, 0);
+        goto fail;
+    }
+    return 0;
+fail:
+    if (stats) {
+        stats->active--;
+        stats->failures++;
+    }
+    conn_unref(c); /* closes client_fd */
+    return -1;
+}
+
+static void *private_conn_main(void *arg)
+{
+    struct conn *c = arg;
+    unsigned char *buf = NULL;
+    char err[128] = "";
+    const char *why = err;
+    int fd, rc = -1;
+
+    conn_thread_begin(c);
+    fd = net_dial(c->host, c->port, DIAL_TIMEOUT_MS, err, sizeof(err));
+    if (fd < 0) {
+        char esc[64];
+        log_warn("ev=dial_failed tunnel=%s conn=%llu target=%s:%d err=\"%s\"", c->t->name,
+                 (unsigned long long)c->id, log_escape(c->host, esc, sizeof(esc)), c->port, err);
+        goto out;
+    }
+    net_tune(fd);
+    net_set_nonblock(fd, 1);
+    pthread_mutex_lock(&c->lock);
+    c->fd = fd;
+    c->connected = 1;
+    pthread_mutex_unlock(&c->lock);
+    if (tunnel_send(c->t, packet(OP_CONNECTED, "{s:I}", "conn", (json_int_t)c->id), NULL, 0) != 0) {
+        why = "tunnel down";
+        goto out;
+    }
+    buf = malloc(RELAY_CHUNK);
+    why = "out of memory";
+    if (buf)
+        rc = relay(c, buf, &why);
+out:
+    free(buf);
+    conn_finish(c, rc == 0, why);
+    return NULL;
+}
+
+int conn_start_private(struct tunnel *t, uint64_t id, const char *host, int port)
+{
+    struct conn *c = conn_new(t, id, -1);
+    int rc;
+
+    if (!c)
+        goto fail;
+    c->host = strdup(host);
+    c->port = port;
+    if (!c->host || conn_insert(t, c) != 0)
+        goto fail;
+    rc = thread_spawn(private_conn_main, c);
+    if (rc != 0) {
+        log_error("ev=thread_failed conn=%llu err=\"%s\"", (unsigned long long)id, strerror(rc));
+        conn_remove(t, c);
+        goto fail;
+    }
+    return 0;
+fail:
+    conn_unref(c);
+    tunnel_send(t, packet(OP_CLOSE, "{s:I,s:s}", "conn", (json_int_t)id, "reason",
+                          "cannot start connection"), NULL, 0);
+    return -1;
+}
