@@ -135,8 +135,11 @@ class Proc:
         self.stopped = False
         full_env = dict(os.environ)
         full_env.update(SAN_ENV)
-        if env:
-            full_env.update(env)
+        for k, v in (env or {}).items():
+            if v is None:
+                full_env.pop(k, None)
+            else:
+                full_env[k] = v
         with open(log_path, "ab") as log:
             log.write(("# %s\n" % " ".join(shlex.quote(a) for a in argv)).encode())
             log.flush()
@@ -404,7 +407,7 @@ class ProxyTest(unittest.TestCase):
         if token is not None:
             argv += ["--token", token]
         argv += list(extra) + EXTRA_ARGS
-        env = {"NAT_TOKEN": ""} if token is None else None
+        env = {"NAT_TOKEN": None} if token is None else None
         p = self.spawn("public", argv, env)
         self.public = p
         if wait:

@@ -48,7 +48,14 @@ HTTP=8000
 
 cleanup() {
     for p in $PIDS; do kill "$p" 2>/dev/null; done
-    sleep 0.2
+    i=0
+    while [ $i -lt 50 ]; do
+        alive=""
+        for p in $PIDS; do kill -0 "$p" 2>/dev/null && alive="$alive $p"; done
+        [ -z "$alive" ] && break
+        i=$((i + 1))
+        sleep 0.1
+    done
     for p in $PIDS; do kill -9 "$p" 2>/dev/null; done
     for n in $NS_PUB $NS_RTR $NS_HOME; do ip netns del "$n" 2>/dev/null; done
     rm -rf "$TMP"
@@ -110,7 +117,9 @@ EOF
 # ---- the web server at home
 mkdir -p "$TMP/www" "$TMP/state"
 printf '<html><body><h1>%s</h1></body></html>\n' "$MARK" >"$TMP/www/index.html"
-in_home "$PY" -m http.server "$HTTP" --bind 192.0.2.2 --directory "$TMP/www" \
+# Started without the shell functions so that $! is the program itself
+# (ip netns exec execs it), not a subshell.
+ip netns exec "$NS_HOME" "$PY" -m http.server "$HTTP" --bind 192.0.2.2 --directory "$TMP/www" \
     >"$OUT/http.log" 2>&1 &
 PIDS="$PIDS $!"
 i=0
@@ -127,7 +136,7 @@ fi
 # ---- proxies
 step "proxy_public in $NS_PUB"
 # shellcheck disable=SC2086 # EXTRA is a list of words
-in_pub "$BIN_DIR/proxy_public" $TUNNEL $WEB --bind 203.0.113.10 --token "$TOKEN" \
+ip netns exec "$NS_PUB" "$BIN_DIR/proxy_public" $TUNNEL $WEB --bind 203.0.113.10 --token "$TOKEN" \
     --state-dir "$TMP/state" --log-level debug $EXTRA >"$OUT/public.log" 2>&1 &
 PUB_PID=$!
 PIDS="$PIDS $PUB_PID"
@@ -145,7 +154,7 @@ done
 
 step "proxy_private in $NS_HOME, app web -> 192.0.2.2:$HTTP"
 # shellcheck disable=SC2086
-in_home "$BIN_DIR/proxy_private" 203.0.113.10 $TUNNEL --token "$TOKEN" --name home \
+ip netns exec "$NS_HOME" "$BIN_DIR/proxy_private" 203.0.113.10 $TUNNEL --token "$TOKEN" --name home \
     --register "web:$APP:192.0.2.2:$HTTP" --log-level debug $EXTRA >"$OUT/private.log" 2>&1 &
 PRIV_PID=$!
 PIDS="$PIDS $PRIV_PID"
