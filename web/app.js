@@ -436,11 +436,14 @@
         address: cell(tr, 'Address', 'mono'),
         since: cell(tr, 'Connected since'),
       };
+      const value = document.createElement('span');
+      value.className = 'value';
       row.time = document.createElement('time');
       row.ago = document.createElement('span');
       row.ago.className = 'muted';
-      row.since.appendChild(row.time);
-      row.since.appendChild(row.ago);
+      value.appendChild(row.time);
+      value.appendChild(row.ago);
+      row.since.appendChild(value);
       return row;
     }, (row, p) => {
       setText(row.name, p.name);
@@ -610,7 +613,9 @@
     const right = cssWidth - 4;
     const plotTop = 16;
     const bottom = cssHeight - 16;
-    const span = HISTORY_SECONDS * 1000;
+    // The x axis covers what has been seen so far, from one minute up to HISTORY_SECONDS.
+    const seen = history.length ? now - history[0].t : 0;
+    const span = Math.min(HISTORY_SECONDS * 1000, Math.max(60 * 1000, seen));
     const x = (t) => right - ((now - t) / span) * (right - left);
     const y = (v) => bottom - (v / top) * (bottom - plotTop);
 
@@ -629,22 +634,39 @@
     ctx.textAlign = 'left';
     ctx.fillText(formatRate(top), left, 1);
     ctx.textBaseline = 'bottom';
-    ctx.fillText(Math.round(HISTORY_SECONDS / 60) + ' min ago', left, cssHeight - 1);
+    ctx.fillText(span >= 120 * 1000 ? Math.round(span / 60000) + ' min ago' : Math.round(span / 1000) + ' s ago', left, cssHeight - 1);
     ctx.textAlign = 'right';
     ctx.fillText('now', right, cssHeight - 1);
 
-    for (const key of ['in', 'out']) {
-      if (history.length < 2) break;
+    // "in" is a filled area with its line, "out" a line on top (dashed, so that equal
+    // rates, as with an echo app, still show both).
+    if (history.length >= 2) {
+      const trace = (key) => {
+        history.forEach((s, i) => {
+          const px = x(s.t);
+          const py = y(s[key]);
+          if (i === 0) ctx.moveTo(px, py); else ctx.lineTo(px, py);
+        });
+      };
       ctx.beginPath();
-      ctx.lineWidth = 2;
+      trace('in');
+      ctx.lineTo(x(history[history.length - 1].t), bottom);
+      ctx.lineTo(x(history[0].t), bottom);
+      ctx.closePath();
+      ctx.globalAlpha = 0.18;
+      ctx.fillStyle = colors.in;
+      ctx.fill();
+      ctx.globalAlpha = 1;
       ctx.lineJoin = 'round';
-      ctx.strokeStyle = colors[key];
-      history.forEach((s, i) => {
-        const px = x(s.t);
-        const py = y(s[key]);
-        if (i === 0) ctx.moveTo(px, py); else ctx.lineTo(px, py);
-      });
-      ctx.stroke();
+      for (const key of ['in', 'out']) {
+        ctx.beginPath();
+        ctx.lineWidth = key === 'in' ? 2.5 : 2;
+        ctx.setLineDash(key === 'out' ? [6, 4] : []);
+        ctx.strokeStyle = colors[key];
+        trace(key);
+        ctx.stroke();
+      }
+      ctx.setLineDash([]);
     }
 
     const last = history.length ? history[history.length - 1] : null;
