@@ -6,7 +6,7 @@
 #   ssh         `ssh -R` through an unprivileged OpenSSH sshd (chacha20-poly1305)
 # and prints a Markdown table (also saved to bench/results/latest.md).
 #
-# Knobs (environment): BENCH_BULK_SECONDS (5), BENCH_PINGPONG_ROUNDS (5000),
+# Knobs (environment): BENCH_BULK_SECONDS (5), BENCH_PINGPONG_ROUNDS (10000),
 # BENCH_CONNRATE_SECONDS (3), BENCH_HOLD (10000), BENCH_PATHS ("direct ssh plain tls"),
 # BENCH_TLS_PUB_ARGS / BENCH_TLS_PRIV_ARGS (extra flags for the TLS tunnel, e.g.
 # a certificate or a pinned fingerprint, should the TLS mode need them).
@@ -17,7 +17,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT" || exit 1
 
 BULK_SECONDS=${BENCH_BULK_SECONDS:-5}
-PP_ROUNDS=${BENCH_PINGPONG_ROUNDS:-5000}
+PP_ROUNDS=${BENCH_PINGPONG_ROUNDS:-10000}
 CR_SECONDS=${BENCH_CONNRATE_SECONDS:-3}
 CR_PARALLEL=8
 HOLD_N=${BENCH_HOLD:-10000}
@@ -27,6 +27,7 @@ TB="$ROOT/build/bench/tcpbench"
 LOGDIR="$ROOT/build/bench/logs"
 RESULTS_DIR="$ROOT/bench/results"
 START_TIME=$(date +%s)
+LOAD0=$(cut -d" " -f1-3 /proc/loadavg)
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/tunnel-bench.XXXXXX") || exit 1
 PIDS=""
@@ -180,37 +181,43 @@ iperf_parse() {
                                           printf "%.0f %.1f\n", b, v / 1e6; exit }' "$1"
 }
 
-# measure PATH IPERF_PORT ECHO_PORT "PUBLIC_PIDS" "PRIVATE_PIDS"
-# The pid lists are the relay processes of each side (empty for direct).
-measure() {
-    path=$1 iport=$2 eport=$3 pub=$4 priv=$5
+# Every path that came up is recorded with `path_add PATH IPERF_PORT ECHO_PORT
+# "PUBLIC_PIDS" "PRIVATE_PIDS"` (pid lists empty for direct). All paths stay up
+# together and each figure is taken for every path back to back, so a change in
+# the machine's load hits all paths alike rather than one of them.
+ACTIVE=""
+path_add() {
+    ACTIVE="$ACTIVE $1"
+    eval "IPORT_$1=\$2 EPORT_$1=\$3 PUB_$1=\"\$4\" PRIV_$1=\"\$5\""
+}
+path_get() { # path_get PATH: sets iport eport pub priv
+    eval "iport=\$IPORT_$1 eport=\$EPORT_$1 pub=\"\$PUB_$1\" priv=\"\$PRIV_$1\""
+}
+cpu_of() { "$TB" pstat "$@" | cut -d' ' -f1; }
+rss_of() { "$TB" pstat "$@" | cut -d' ' -f2; }
 
-    # Bulk, both directions; CPU of each side over both transfers.
-    [ -n "$pub" ] && cpu_pub0=$("$TB" pstat $pub | cut -d' ' -f1)
-    [ -n "$priv" ] && cpu_priv0=$("$TB" pstat $priv | cut -d' ' -f1)
-    total=0
-    for dir in up down; do
-        flag=""
-        [ $dir = down ] && flag=-R
-        timeout $((BULK_SECONDS + 30)) iperf3 -c 127.0.0.1 -p "$iport" -t "$BULK_SECONDS" $flag -J \
-            >"$LOGDIR/$path-iperf-$dir.json" 2>&1
-        set -- $(iperf_parse "$LOGDIR/$path-iperf-$dir.json")
-        if [ $# = 2 ]; then
-            put "$path.bulk_$dir" "$2"
-            total=$((total + $1))
-            log "$path: bulk $dir $2 Mbit/s"
-        else
-            note "$path: iperf3 $dir failed: $(grep '"error"' "$LOGDIR/$path-iperf-$dir.json" | head -1 | tr -s ' \t' ' ')"
-        fi
-    done
-    if [ "$total" -gt 0 ]; then
-        [ -n "$pub" ] && put "$path.cpu_pub" "$(echo "$cpu_pub0 $("$TB" pstat $pub | cut -d' ' -f1) $total" |
-            awk '{ printf "%.3f", ($2 - $1) / ($3 / 1073741824) }')"
-        [ -n "$priv" ] && put "$path.cpu_priv" "$(echo "$cpu_priv0 $("$TB" pstat $priv | cut -d' ' -f1) $total" |
-            awk '{ printf "%.3f", ($2 - $1) / ($3 / 1073741824) }')"
+# bulk PATH DIR: one iperf3 run (DIR up = client→app, down = app→client);
+# adds the bytes moved to BYTES_PATH.
+bulk() {
+    path=$1 dir=$2
+    path_get "$path"
+    flag=""
+    [ "$dir" = down ] && flag=-R
+    timeout $((BULK_SECONDS + 30)) iperf3 -c 127.0.0.1 -p "$iport" -t "$BULK_SECONDS" $flag -J \
+        >"$LOGDIR/$path-iperf-$dir.json" 2>&1
+    set -- $(iperf_parse "$LOGDIR/$path-iperf-$dir.json")
+    if [ $# = 2 ]; then
+        put "$path.bulk_$dir" "$2"
+        eval "BYTES_$path=\$((BYTES_$path + $1))"
+        log "$path: bulk $dir $2 Mbit/s"
+    else
+        note "$path: iperf3 $dir failed: $(grep '"error"' "$LOGDIR/$path-iperf-$dir.json" | head -1 | tr -s ' \t' ' ')"
     fi
+}
 
-    # Latency: 64-byte ping-pong on one connection.
+pingpong() {
+    path=$1
+    path_get "$path"
     out=$(timeout 120 "$TB" pingpong 127.0.0.1 "$eport" "$PP_ROUNDS" 64 2>>"$LOGDIR/$path-pingpong.log")
     set -- $out
     if [ $# = 2 ]; then
@@ -220,8 +227,11 @@ measure() {
     else
         note "$path: ping-pong failed: $(tail -n 1 "$LOGDIR/$path-pingpong.log")"
     fi
+}
 
-    # New connections per second.
+connrate() {
+    path=$1
+    path_get "$path"
     out=$(timeout $((CR_SECONDS + 30)) "$TB" connrate 127.0.0.1 "$eport" "$CR_SECONDS" "$CR_PARALLEL" \
         2>>"$LOGDIR/$path-connrate.log")
     set -- $out
@@ -232,10 +242,15 @@ measure() {
     else
         note "$path: connrate failed: $(tail -n 1 "$LOGDIR/$path-connrate.log")"
     fi
+}
 
-    # Concurrent connections held, and memory per connection of each side.
-    [ -n "$pub" ] && rss_pub0=$("$TB" pstat $pub | cut -d' ' -f2)
-    [ -n "$priv" ] && rss_priv0=$("$TB" pstat $priv | cut -d' ' -f2)
+# hold PATH: HOLD_N concurrent connections, echo-checked when opened and again
+# before they close; RSS growth of each side while they are held.
+hold() {
+    path=$1
+    path_get "$path"
+    [ -n "$pub" ] && rss_pub0=$(rss_of $pub)
+    [ -n "$priv" ] && rss_priv0=$(rss_of $priv)
     rm -f "$TMP/holdin" "$TMP/hold.out"
     mkfifo "$TMP/holdin" || exit 1
     "$TB" hold 127.0.0.1 "$eport" "$HOLD_N" <"$TMP/holdin" >"$TMP/hold.out" 2>"$LOGDIR/$path-hold.log" &
@@ -252,10 +267,11 @@ measure() {
     if [ -n "$held" ]; then
         log "$path: $held of $HOLD_N connections held after $(($(date +%s) - t0)) s"
         put "$path.held" "$held"
+        put "$path.hold_s" "$(($(date +%s) - t0))"
         if [ "$held" -gt 0 ]; then
-            [ -n "$pub" ] && put "$path.rss_pub" "$(echo "$rss_pub0 $("$TB" pstat $pub | cut -d' ' -f2) $held" |
+            [ -n "$pub" ] && put "$path.rss_pub" "$(echo "$rss_pub0 $(rss_of $pub) $held" |
                 awk '{ printf "%.1f", ($2 - $1) / $3 }')"
-            [ -n "$priv" ] && put "$path.rss_priv" "$(echo "$rss_priv0 $("$TB" pstat $priv | cut -d' ' -f2) $held" |
+            [ -n "$priv" ] && put "$path.rss_priv" "$(echo "$rss_priv0 $(rss_of $priv) $held" |
                 awk '{ printf "%.1f", ($2 - $1) / $3 }')"
         fi
     else
@@ -331,9 +347,7 @@ EOF
     fi
     cipher=$(ssh -F /dev/null -Q cipher | grep -c chacha20-poly1305)
     [ "$cipher" -ge 1 ] || note "ssh: this OpenSSH has no chacha20-poly1305"
-    measure ssh "$fwd_iperf" "$fwd_echo" "$sshd_pid" "$ssh_pid"
-    stop $ssh_pid $sshd_pid
-    forget $ssh_pid $sshd_pid
+    path_add ssh "$fwd_iperf" "$fwd_echo" "$sshd_pid" "$ssh_pid"
 }
 
 # ------------------------------------------------------------------ tunnel
@@ -348,6 +362,8 @@ run_tunnel() {
     if [ "$mode" = tls ]; then
         pub_extra=${BENCH_TLS_PUB_ARGS:-} priv_extra=${BENCH_TLS_PRIV_ARGS:-}
     fi
+    # Listen on loopback only when the build lets us say so (same code path).
+    ./proxy_public --help 2>&1 | grep -q -- '--bind' && pub_extra="--bind 127.0.0.1 $pub_extra"
     state="$TMP/state-$mode"
     mkdir -p "$state"
     set -- $("$TB" freeport 4)
@@ -385,18 +401,13 @@ run_tunnel() {
         forget $priv_pid $pub_pid
         return 1
     fi
-    measure "$mode" "$pub_iperf" "$pub_echo" "$pub_pid" "$priv_pid"
-    for p in $pub_pid $priv_pid; do
-        kill -0 "$p" 2>/dev/null || note "$mode: a proxy (pid $p) died during the run; see build/bench/logs/"
-    done
-    stop $priv_pid $pub_pid
-    forget $priv_pid $pub_pid
+    path_add "$mode" "$pub_iperf" "$pub_echo" "$pub_pid" "$priv_pid"
 }
 
 # ------------------------------------------------------------------ run
 for p in $PATHS; do
     case $p in
-    direct) measure direct "$IPERF_PORT" "$ECHO_PORT" "" "" ;;
+    direct) path_add direct "$IPERF_PORT" "$ECHO_PORT" "" "" ;;
     ssh) run_ssh || put ssh.status "failed to start" ;;
     plain)
         if [ $TUNNEL_OK = 1 ]; then run_tunnel plain || put plain.status "failed to start"
@@ -408,15 +419,52 @@ for p in $PATHS; do
     *) log "unknown path $p" ;;
     esac
 done
+log "paths up:$ACTIVE"
 
-stop $IPERF_PID $ECHO_PID
-forget $IPERF_PID $ECHO_PID
+for p in $ACTIVE; do
+    path_get "$p"
+    eval "BYTES_$p=0"
+    [ -n "$pub" ] && eval "CPU0_PUB_$p=\$(cpu_of \$pub)"
+    [ -n "$priv" ] && eval "CPU0_PRIV_$p=\$(cpu_of \$priv)"
+done
+for dir in up down; do
+    for p in $ACTIVE; do bulk "$p" $dir; done
+done
+# CPU per GiB: each path's relays only work during that path's transfers.
+for p in $ACTIVE; do
+    path_get "$p"
+    eval "bytes=\$BYTES_$p"
+    [ "$bytes" -gt 0 ] || continue
+    if [ -n "$pub" ]; then
+        eval "c0=\$CPU0_PUB_$p"
+        put "$p.cpu_pub" "$(echo "$c0 $(cpu_of $pub) $bytes" | awk '{ printf "%.3f", ($2 - $1) / ($3 / 1073741824) }')"
+    fi
+    if [ -n "$priv" ]; then
+        eval "c0=\$CPU0_PRIV_$p"
+        put "$p.cpu_priv" "$(echo "$c0 $(cpu_of $priv) $bytes" | awk '{ printf "%.3f", ($2 - $1) / ($3 / 1073741824) }')"
+    fi
+done
+for p in $ACTIVE; do pingpong "$p"; done
+for p in $ACTIVE; do connrate "$p"; done
+for p in $ACTIVE; do hold "$p"; done
+
+# A relay that died during the run is worth knowing about.
+for p in $ACTIVE; do
+    path_get "$p"
+    for q in $pub $priv; do
+        kill -0 "$q" 2>/dev/null || note "$p: relay process $q died during the run; see build/bench/logs/"
+    done
+done
+
+# shellcheck disable=SC2086
+stop $PIDS
+PIDS=""
 
 if [ $HAS_TLS = 1 ]; then plain_label="tunnel, plaintext (--insecure-plaintext)"
 else plain_label="tunnel, plaintext (only mode today)"; fi
 awk -v date="$(date -u '+%Y-%m-%d %H:%M:%S UTC')" -v nproc="$(nproc)" \
     -v cmd="make bench (sh bench/run.sh; bulk ${BULK_SECONDS} s each way, ${PP_ROUNDS} ping-pongs, connrate ${CR_SECONDS} s x ${CR_PARALLEL}, hold ${HOLD_N})" \
-    -v host="$(uname -srm)" -v elapsed=$(($(date +%s) - START_TIME)) \
+    -v host="$(uname -srm)" -v load0="$LOAD0" -v load="$(cut -d" " -f1-3 /proc/loadavg)" -v elapsed=$(($(date +%s) - START_TIME)) \
     -v hold_n="$HOLD_N" -v plain_label="$plain_label" -v notes_file="$TMP/notes" \
     -f bench/report.awk "$TMP/results" >"$TMP/latest.md"
 cat "$TMP/latest.md"
