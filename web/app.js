@@ -394,6 +394,9 @@
 
   function cell(tr, label, className) {
     const td = document.createElement('td');
+    // Explicit roles: the phone layout turns the table into blocks, which can otherwise
+    // cost it its table semantics in some browsers.
+    td.setAttribute('role', 'cell');
     td.setAttribute('data-label', label);
     if (className) td.className = className;
     tr.appendChild(td);
@@ -424,9 +427,11 @@
     }));
     syncRows(el.privatesBody, privateRows, items, (p) => {
       const tr = document.createElement('tr');
+      tr.setAttribute('role', 'row');
       tr.setAttribute('data-name', p.name);
       const name = document.createElement('th');
       name.scope = 'row';
+      name.setAttribute('role', 'rowheader');
       name.setAttribute('data-label', 'Name');
       tr.appendChild(name);
       const row = {
@@ -468,9 +473,11 @@
   function renderApps(apps) {
     syncRows(el.appsBody, appRows, apps, (a) => {
       const tr = document.createElement('tr');
+      tr.setAttribute('role', 'row');
       tr.setAttribute('data-name', a.name);
       const name = document.createElement('th');
       name.scope = 'row';
+      name.setAttribute('role', 'rowheader');
       name.setAttribute('data-label', 'Name');
       tr.appendChild(name);
       const row = {

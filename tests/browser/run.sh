@@ -30,6 +30,7 @@ CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
 E2E_TIMEOUT=${E2E_TIMEOUT:-240}
 out=$top/tests/out/browser
 mkdir -p "$out"
+rm -f "$out"/*.png "$out"/*.log
 
 say() { echo "browser-test: $*"; }
 
@@ -141,7 +142,12 @@ set +e
 WEB_URL="http://127.0.0.1:$web_port" TOKEN="$token" TUNNEL_PORT="$tunnel_port" \
 WEB_PORT="$web_port" APP_PORT="$app_port" PUBLIC_PID="$public_pid" PRIVATE_PID="$private_pid" \
 OUT_DIR="$out" CHROMIUM="$CHROMIUM" E2E_TIMEOUT="$E2E_TIMEOUT" \
-    node "$here/e2e.js"
+    node "$here/e2e.js" &
+e2e_pid=$!
+pids="$e2e_pid $pids"
+# In the background so that a signal to this script is acted on at once (the trap
+# then stops the browser script and the proxies).
+wait "$e2e_pid"
 rc=$?
 set -e
 if [ $rc -eq 0 ]; then say "PASS (screenshots in tests/out/browser/)"; else say "FAIL ($rc)"; fi
