@@ -199,11 +199,10 @@ static void *tunnel_main(void *arg)
     const char *addr = tunnel_addr(t);
     int up = 0;
 
+    pthread_setname_np(pthread_self(), "tunnel");
     if (tunnel_read_handshake(t, &p, HANDSHAKE_TIMEOUT_MS, err, sizeof(err)) <= 0) {
         log_warn("ev=handshake_failed client=%s err=\"%s\"", addr, err);
-        if (strncmp(err, "header", 6) == 0 || strncmp(err, "bad", 3) == 0 ||
-            strncmp(err, "member", 6) == 0 || strncmp(err, "unknown", 7) == 0)
-            tunnel_fail(t, "protocol", "malformed first frame: expected HELLO");
+        tunnel_fail(t, "protocol", "malformed or missing HELLO");
         goto out;
     }
     if (p.op != OP_HELLO) {

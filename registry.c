@@ -188,6 +188,7 @@ static void *acceptor_main(void *arg)
     uint64_t last_warn = 0;
     int lfd;
 
+    pthread_setname_np(pthread_self(), "acceptor");
     for (;;) {
         pthread_mutex_lock(&reg.lock);
         lfd = a->listen_fd;

@@ -28,7 +28,8 @@
 #include "netio.h"
 
 #define CONN_BUCKETS 4096
-#define RELAY_CHUNK (64 * 1024)          /* bytes read from a socket per DATA frame */
+#define RELAY_CHUNK (256 * 1024)         /* most bytes read from a socket per DATA frame */
+#define RELAY_CHUNK_START (16 * 1024)    /* first buffer; grown once a read fills it */
 #define READ_BUF_SIZE (PKT_MAX_FRAME + 64 * 1024)
 #define HEARTBEAT_S 5
 #define DEAD_AFTER_MS 15000
@@ -405,16 +406,21 @@ void tunnel_kill(struct tunnel *t, const char *reason)
 static int read_frame(struct tunnel *t, size_t max_header, uint64_t deadline_ms, struct pkt *p,
                       size_t *flen, int *eof, char *err, size_t errlen)
 {
-    for (;;) {
-        int r = pkt_parse_frame(t->rbuf + t->rstart, t->rend - t->rstart, max_header, p, flen,
-                                err, errlen);
-        ssize_t n;
-        size_t need;
+    size_t need = 0; /* bytes the frame needs, once its header told us */
 
-        if (r != 0)
-            return r;
+    for (;;) {
+        ssize_t n;
+
+        /* Parse only when the frame can be complete: a large DATA frame arrives
+         * in many reads and its header need not be decoded for each. */
+        if (t->rend - t->rstart >= need) {
+            int r = pkt_parse_frame(t->rbuf + t->rstart, t->rend - t->rstart, max_header, p, flen,
+                                    err, errlen);
+            if (r != 0)
+                return r;
+            need = *flen ? *flen : t->rend - t->rstart + 1;
+        }
         /* Room for the whole frame: compact when the tail is too short. */
-        need = *flen ? *flen : PKT_FRAME_PREFIX + 1;
         if (t->rstart + need > READ_BUF_SIZE || t->rstart == t->rend) {
             memmove(t->rbuf, t->rbuf + t->rstart, t->rend - t->rstart);
             t->rend -= t->rstart;
@@ -632,6 +638,7 @@ static void *heartbeat_main(void *arg)
 {
     struct tunnel *t = arg;
 
+    pthread_setname_np(pthread_self(), "heartbeat");
     pthread_mutex_lock(&t->lock);
     while (!t->dead) {
         struct timespec ts;
@@ -711,13 +718,21 @@ static void flush_queue_locked(struct conn *c)
 
 /* The relay loop of one connected socket. Returns the reason it ended and
  * whether that was an orderly end. */
-static int relay(struct conn *c, unsigned char *buf, const char **why)
+static int relay(struct conn *c, const char **why)
 {
     struct tunnel *t = c->t;
+    /* Most connections move little: start with a small buffer and grow it the
+     * first time a read fills it, so idle connections cost little memory. */
+    size_t bufsize = RELAY_CHUNK_START;
+    unsigned char *buf = malloc(bufsize);
     int local_eof = 0, wr_shut = 0, rc = -1;
     uint64_t connect_deadline = mono_ms() + CONNECT_WAIT_MS;
     sigset_t waitmask;
 
+    if (!buf) {
+        *why = "out of memory";
+        return -1;
+    }
     pthread_sigmask(SIG_SETMASK, NULL, &waitmask);
     sigdelset(&waitmask, SIGUSR1);
 
@@ -731,7 +746,7 @@ static int relay(struct conn *c, unsigned char *buf, const char **why)
         if (c->abort) {
             *why = c->why;
             pthread_mutex_unlock(&c->lock);
-            return -1;
+            goto out;
         }
         if (c->qhead)
             flush_queue_locked(c);
@@ -768,7 +783,7 @@ static int relay(struct conn *c, unsigned char *buf, const char **why)
             if (now >= connect_deadline) {
                 *why = "no answer from the private side";
                 pthread_mutex_unlock(&c->lock);
-                return -1;
+                goto out;
             }
             tsp = &ts;
         }
@@ -778,7 +793,7 @@ static int relay(struct conn *c, unsigned char *buf, const char **why)
 
         if (ack) {
             if (send_ack(c, ack) != 0)
-                return -1;
+                goto out;
             continue;
         }
         if (pfd.events == 0)
@@ -787,7 +802,7 @@ static int relay(struct conn *c, unsigned char *buf, const char **why)
             if (errno == EINTR)
                 continue;
             *why = "poll failed";
-            return -1;
+            goto out;
         }
         pthread_mutex_lock(&c->lock);
         c->sleeping = 0;
@@ -797,11 +812,11 @@ static int relay(struct conn *c, unsigned char *buf, const char **why)
             if (!want_read) {
                 if (pfd.revents & POLLERR) {
                     *why = "socket error";
-                    return -1;
+                    goto out;
                 }
                 continue;
             }
-            size_t want = room < RELAY_CHUNK ? room : RELAY_CHUNK;
+            size_t want = room < bufsize ? room : bufsize;
             ssize_t n = recv(c->fd, buf, want, MSG_DONTWAIT);
             if (n > 0) {
                 pthread_mutex_lock(&c->lock);
@@ -813,21 +828,31 @@ static int relay(struct conn *c, unsigned char *buf, const char **why)
                                           (json_int_t)n),
                                 buf, (size_t)n) != 0) {
                     *why = "tunnel down";
-                    return -1;
+                    goto out;
+                }
+                if ((size_t)n == bufsize && bufsize < RELAY_CHUNK) {
+                    unsigned char *bigger = malloc(RELAY_CHUNK);
+                    if (bigger) {
+                        free(buf);
+                        buf = bigger;
+                        bufsize = RELAY_CHUNK;
+                    }
                 }
             } else if (n == 0) {
                 local_eof = 1;
                 if (tunnel_send(t, packet(OP_SHUTDOWN, "{s:I}", "conn", (json_int_t)c->id), NULL,
                                 0) != 0) {
                     *why = "tunnel down";
-                    return -1;
+                    goto out;
                 }
             } else if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK) {
                 *why = "connection reset";
-                return -1;
+                goto out;
             }
         }
     }
+out:
+    free(buf);
     return rc;
 }
 
@@ -864,8 +889,9 @@ static void conn_finish(struct conn *c, int orderly, const char *why)
     conn_unref(c);
 }
 
-static void conn_thread_begin(struct conn *c)
+static void conn_thread_begin(struct conn *c, const char *name)
 {
+    pthread_setname_np(pthread_self(), name);
     pthread_mutex_lock(&c->lock);
     c->thread = pthread_self();
     c->thread_running = 1;
@@ -875,20 +901,17 @@ static void conn_thread_begin(struct conn *c)
 static void *public_conn_main(void *arg)
 {
     struct conn *c = arg;
-    unsigned char *buf = malloc(RELAY_CHUNK);
-    const char *why = "out of memory";
-    int rc = -1;
+    const char *why = "";
+    int rc;
 
-    conn_thread_begin(c);
-    if (buf)
-        rc = relay(c, buf, &why);
+    conn_thread_begin(c, "relay-pub");
+    rc = relay(c, &why);
     if (rc != 0 && c->stats) {
         pthread_mutex_lock(&c->lock);
         if (!c->connected)
             c->stats->failures++;
         pthread_mutex_unlock(&c->lock);
     }
-    free(buf);
     conn_finish(c, rc == 0, why);
     return NULL;
 }
@@ -959,12 +982,11 @@ fail:
 static void *private_conn_main(void *arg)
 {
     struct conn *c = arg;
-    unsigned char *buf = NULL;
     char err[128] = "";
     const char *why = err;
     int fd, rc = -1;
 
-    conn_thread_begin(c);
+    conn_thread_begin(c, "relay-priv");
     fd = net_dial(c->host, c->port, DIAL_TIMEOUT_MS, err, sizeof(err));
     if (fd < 0) {
         char esc[64];
@@ -982,12 +1004,8 @@ static void *private_conn_main(void *arg)
         why = "tunnel down";
         goto out;
     }
-    buf = malloc(RELAY_CHUNK);
-    why = "out of memory";
-    if (buf)
-        rc = relay(c, buf, &why);
+    rc = relay(c, &why);
 out:
-    free(buf);
     conn_finish(c, rc == 0, why);
     return NULL;
 }
