@@ -21,6 +21,7 @@ PP_ROUNDS=${BENCH_PINGPONG_ROUNDS:-10000}
 CR_SECONDS=${BENCH_CONNRATE_SECONDS:-3}
 CR_PARALLEL=8
 HOLD_N=${BENCH_HOLD:-10000}
+HOLD_INFLIGHT=${BENCH_HOLD_INFLIGHT:-128}
 PATHS=${BENCH_PATHS:-direct ssh plain tls}
 TOKEN="bench-$$-token"
 TB="$ROOT/build/bench/tcpbench"
@@ -253,13 +254,13 @@ hold() {
     [ -n "$priv" ] && rss_priv0=$(rss_of $priv)
     rm -f "$TMP/holdin" "$TMP/hold.out"
     mkfifo "$TMP/holdin" || exit 1
-    "$TB" hold 127.0.0.1 "$eport" "$HOLD_N" <"$TMP/holdin" >"$TMP/hold.out" 2>"$LOGDIR/$path-hold.log" &
+    "$TB" hold 127.0.0.1 "$eport" "$HOLD_N" "$HOLD_INFLIGHT" <"$TMP/holdin" >"$TMP/hold.out" 2>"$LOGDIR/$path-hold.log" &
     hold_pid=$!
     PIDS="$PIDS $hold_pid"
     exec 3>"$TMP/holdin"
     t0=$(date +%s)
     i=0
-    while [ $i -lt 1500 ] && ! grep -q '^held=' "$TMP/hold.out" && kill -0 $hold_pid 2>/dev/null; do
+    while [ $i -lt 2000 ] && ! grep -q '^held='' "$TMP/hold.out" && kill -0 $hold_pid 2>/dev/null; do
         sleep 0.1
         i=$((i + 1))
     done

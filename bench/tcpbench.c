@@ -12,7 +12,8 @@
  *   tcpbench connrate HOST PORT SECONDS PARALLEL
  *                                        fresh connections, 1-byte echo each;
  *                                        prints "RATE OK ERRORS"
- *   tcpbench hold HOST PORT N            opens N connections, echo-checks each,
+ *   tcpbench hold HOST PORT N [INFLIGHT] opens N connections (INFLIGHT, default
+ *                                        128, being opened at once), echo-checks each,
  *                                        prints "held=OK failed=F", holds them
  *                                        until stdin closes or SIGINT/SIGTERM,
  *                                        then echo-checks them again and prints
@@ -531,7 +532,7 @@ static int hold_send_tag(int ep, struct hold_conn *c)
     return epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
 }
 
-static int tb_hold(const char *host, long port, long count)
+static int tb_hold(const char *host, long port, long count, long max_inflight)
 {
     tb_raise_nofile();
     struct sockaddr_in sa = tb_addr(host, port);
@@ -545,9 +546,8 @@ static int tb_hold(const char *host, long port, long count)
         conns[i].fd = -1;
         conns[i].state = HC_IDLE;
     }
-    const long max_inflight = 128; /* connects + echoes outstanding at once */
     long next = 0, inflight = 0, held = 0, failed = 0;
-    double deadline = tb_now() + 120.0;
+    double deadline = tb_now() + 180.0;
     struct epoll_event evs[TB_MAX_EVENTS];
     /* Phase 1: open and echo-check every connection, max_inflight at a time. */
     while ((held + failed) < count && !tb_stop) {
@@ -834,7 +834,7 @@ static void tb_usage(void)
             "usage: tcpbench echo-server PORT\n"
             "       tcpbench pingpong HOST PORT N [SIZE]\n"
             "       tcpbench connrate HOST PORT SECONDS PARALLEL\n"
-            "       tcpbench hold HOST PORT N\n"
+            "       tcpbench hold HOST PORT N [INFLIGHT]\n"
             "       tcpbench freeport [COUNT]\n"
             "       tcpbench waitport HOST PORT SECONDS\n"
             "       tcpbench pstat PID...\n"
@@ -863,8 +863,9 @@ int main(int argc, char **argv)
     if (strcmp(mode, "connrate") == 0 && argc == 6)
         return tb_connrate(argv[2], tb_num(argv[3], 1, 65535, "port"),
                            tb_num(argv[4], 1, 3600, "seconds"), tb_num(argv[5], 1, 4096, "parallel"));
-    if (strcmp(mode, "hold") == 0 && argc == 5)
-        return tb_hold(argv[2], tb_num(argv[3], 1, 65535, "port"), tb_num(argv[4], 1, 1000000, "count"));
+    if (strcmp(mode, "hold") == 0 && (argc == 5 || argc == 6))
+        return tb_hold(argv[2], tb_num(argv[3], 1, 65535, "port"), tb_num(argv[4], 1, 1000000, "count"),
+                       argc == 6 ? tb_num(argv[5], 1, 100000, "inflight") : 128);
     if (strcmp(mode, "freeport") == 0 && argc <= 3)
         return tb_freeport(argc == 3 ? tb_num(argv[2], 1, 64, "count") : 1);
     if (strcmp(mode, "waitport") == 0 && argc == 5)
