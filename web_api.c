@@ -2,27 +2,40 @@
  *
  * Every API call needs "Authorization: Bearer TOKEN"; there are no cookies, so a
  * cross-site request cannot ride on a browser's session. Bodies are limited to
- * WEB_MAX_BODY bytes and parsed as one JSON object with duplicate keys refused. */
+ * WEB_MAX_BODY bytes, need a Content-Length, and are parsed as one JSON object
+ * with duplicate keys refused. Wrong tokens are rate limited per client address
+ * (ratelimit.c; the real address, also behind the HTTPS front of web_tls.c).
+ * CivetWeb serves one request per connection (no keep-alive) with WEB_THREADS
+ * workers: that bounds the requests handled at once. */
 
 #include "web_api.h"
 
+#include <arpa/inet.h>
 #include <civetweb.h>
 #include <dirent.h>
+#include <netinet/in.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "log.h"
+#include "ratelimit.h"
 #include "registry.h"
 #include "web_assets.h"
+#include "web_tls.h"
 
 #define WEB_MAX_BODY 16384
+#define WEB_THREADS "8"
+#define WEB_MAX_HEAD "8192"
+#define WEB_INTERNAL_TRIES 5
 
 static struct mg_context *web_ctx;
 static char *web_token;
+static _Atomic int web_https;   /* 1 while the TLS front is in front of CivetWeb */
 
 static const char security_headers[] =
     "Content-Security-Policy: default-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
@@ -45,6 +58,8 @@ static const char *status_text(int status)
     case 409: return "Conflict";
     case 411: return "Length Required";
     case 413: return "Payload Too Large";
+    case 429: return "Too Many Requests";
+    case 503: return "Service Unavailable";
     default: return "Internal Server Error";
     }
 }
@@ -60,8 +75,8 @@ static int send_body(struct mg_connection *conn, int status, const char *type, c
     return status;
 }
 
-/* Send obj (consumed) as JSON. */
-static int send_json(struct mg_connection *conn, int status, json_t *obj)
+/* Send obj (consumed) as JSON, with extra header lines (each ending in CRLF, or NULL). */
+static int send_json_extra(struct mg_connection *conn, int status, json_t *obj, const char *extra)
 {
     char *text = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
     int rc;
@@ -69,9 +84,14 @@ static int send_json(struct mg_connection *conn, int status, json_t *obj)
     json_decref(obj);
     if (!text)
         return send_body(conn, 500, "application/json", "{\"error\":\"out of memory\"}", 25, NULL);
-    rc = send_body(conn, status, "application/json", text, strlen(text), NULL);
+    rc = send_body(conn, status, "application/json", text, strlen(text), extra);
     free(text);
     return rc;
+}
+
+static int send_json(struct mg_connection *conn, int status, json_t *obj)
+{
+    return send_json_extra(conn, status, obj, NULL);
 }
 
 static int send_error(struct mg_connection *conn, int status, const char *msg)
@@ -90,14 +110,40 @@ int web_token_equal(const char *given, size_t given_len, const char *expected)
     return diff == 0;
 }
 
+/* 1 = the right token, 0 = a wrong token was presented (a guess: it counts for
+ * rate limiting), -1 = no Bearer token at all (not a guess). */
 static int authorized(struct mg_connection *conn)
 {
     const char *h = mg_get_header(conn, "Authorization");
 
     if (!h || strncmp(h, "Bearer ", 7) != 0)
-        return 0;
+        return -1;
     h += 7;
-    return web_token_equal(h, strlen(h), web_token);
+    return web_token_equal(h, strlen(h), web_token) ? 1 : 0;
+}
+
+/* The client's address: CivetWeb's view, except for connections the TLS front
+ * made on behalf of a client, which it maps back to that client's address. */
+static void client_ip(const struct mg_request_info *ri, char ip[RATELIMIT_KEY_LEN])
+{
+    if (web_https && web_tls_client_addr(ri->remote_port, ip, RATELIMIT_KEY_LEN) == 0)
+        return;
+    snprintf(ip, RATELIMIT_KEY_LEN, "%s", ri->remote_addr);
+}
+
+static int send_rate_limited(struct mg_connection *conn, unsigned wait_ms)
+{
+    char extra[64], msg[160];
+    unsigned secs = (wait_ms + 999) / 1000;
+
+    if (secs == 0)
+        secs = 1;
+    snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", secs);
+    snprintf(msg, sizeof(msg),
+             "too many wrong tokens from this address: try again in %u s", secs);
+    return send_json_extra(conn, 429, json_pack("{s:s,s:I}", "error", msg, "retry_after",
+                                                (json_int_t)secs),
+                           extra);
 }
 
 /* Read the whole body (at most WEB_MAX_BODY) and parse it as a JSON object. */
@@ -110,6 +156,11 @@ static json_t *read_json_body(struct mg_connection *conn, int *status, char *err
     json_t *obj = NULL;
 
     *status = 400;
+    if (ri->content_length < 0) {
+        snprintf(err, errlen, "a Content-Length header is required (no chunked bodies)");
+        *status = 411;
+        return NULL;
+    }
     if (ri->content_length > WEB_MAX_BODY) {
         snprintf(err, errlen, "the request body is larger than %d bytes", WEB_MAX_BODY);
         *status = 413;
@@ -268,6 +319,9 @@ static int handle(struct mg_connection *conn, void *cbdata)
     int is_post = strcmp(ri->request_method, "POST") == 0;
     int api = strcmp(uri, "/register") == 0 || strcmp(uri, "/unregister") == 0 ||
               strcmp(uri, "/list") == 0 || strcmp(uri, "/metrics") == 0;
+    char ip[RATELIMIT_KEY_LEN];
+    unsigned wait_ms = 0;
+    int auth;
 
     (void)cbdata;
     if (!api) {
@@ -275,10 +329,20 @@ static int handle(struct mg_connection *conn, void *cbdata)
             return send_error(conn, 405, "only GET is allowed here");
         return serve_asset(conn, uri);
     }
-    if (!authorized(conn)) {
-        log_warn("ev=web_unauthorized client=%s uri=%s", ri->remote_addr, uri);
+    client_ip(ri, ip);
+    if (ratelimit_check(ip, &wait_ms)) {
+        log_warn("ev=web_rate_limited client=%s uri=%s wait_ms=%u", ip, uri, wait_ms);
+        return send_rate_limited(conn, wait_ms);
+    }
+    auth = authorized(conn);
+    if (auth != 1) {
+        if (auth == 0)
+            ratelimit_fail(ip);
+        log_warn("ev=web_unauthorized client=%s uri=%s reason=\"%s\"", ip, uri,
+                 auth == 0 ? "wrong token" : "no Bearer token");
         return send_error(conn, 401, "missing or wrong token: send 'Authorization: Bearer TOKEN'");
     }
+    ratelimit_success(ip);
     if (strcmp(uri, "/list") == 0)
         return is_get ? send_json(conn, 200, registry_list())
                       : send_error(conn, 405, "use GET for /list");
@@ -298,45 +362,124 @@ static int on_log(const struct mg_connection *conn, const char *message)
     return 1;
 }
 
-int web_start(const char *bind_addr, int port, const char *token, char *err, size_t errlen)
+/* Start CivetWeb on listening_ports spec ports; NULL when it cannot. */
+static struct mg_context *web_civet_start(const char *ports)
 {
-    char ports[96];
     struct mg_callbacks cb;
+    struct mg_context *ctx;
     const char *options[] = {
         "listening_ports", ports,
-        "num_threads", "8",
+        "num_threads", WEB_THREADS,
         "request_timeout_ms", "10000",
+        "enable_keep_alive", "no",
+        "max_request_size", WEB_MAX_HEAD,
         "enable_directory_listing", "no",
         NULL, NULL,
     };
 
-    if (bind_addr && *bind_addr)
-        snprintf(ports, sizeof(ports), "%s:%d", bind_addr, port);
-    else
-        snprintf(ports, sizeof(ports), "%d", port);
+    memset(&cb, 0, sizeof(cb));
+    cb.log_message = on_log;
+    ctx = mg_start(&cb, NULL, options);
+    if (ctx)
+        mg_set_request_handler(ctx, "/", handle, NULL);
+    return ctx;
+}
+
+/* A loopback port that was free a moment ago, or -1. */
+static int web_free_loopback_port(void)
+{
+    struct sockaddr_in sin;
+    socklen_t sl = sizeof(sin);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), port = -1;
+
+    if (fd < 0)
+        return -1;
+    memset(&sin, 0, sizeof(sin));
+    sin.sin_family = AF_INET;
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0 &&
+        getsockname(fd, (struct sockaddr *)&sin, &sl) == 0)
+        port = ntohs(sin.sin_port);
+    close(fd);
+    return port;
+}
+
+/* HTTPS: the front takes the public port first (so "in use" names the right
+ * port), then CivetWeb gets a free loopback port (another program may grab it
+ * between our probe and CivetWeb's bind: then try another), then the front
+ * starts relaying to it. */
+static int web_start_https(const char *bind_addr, int port, SSL_CTX *ctx, char *err,
+                           size_t errlen)
+{
+    char ports[64];
+    int internal = -1;
+
+    if (web_tls_listen(ctx, bind_addr, port, err, errlen) != 0)
+        return -1;
+    for (int i = 0; i < WEB_INTERNAL_TRIES && !web_ctx; i++) {
+        internal = web_free_loopback_port();
+        if (internal < 0)
+            continue;
+        snprintf(ports, sizeof(ports), "127.0.0.1:%d", internal);
+        web_ctx = web_civet_start(ports);
+    }
+    if (!web_ctx) {
+        snprintf(err, errlen, "cannot start the internal web server on a loopback port");
+        web_tls_stop();
+        return -1;
+    }
+    web_https = 1;
+    if (web_tls_run(internal, err, errlen) != 0) {
+        web_tls_stop();
+        return -1;
+    }
+    log_info("ev=web_https_ready port=%d internal_port=%d", port, internal);
+    return 0;
+}
+
+int web_start(const char *bind_addr, int port, const char *token, SSL_CTX *https_ctx, char *err,
+              size_t errlen)
+{
+    char ports[96];
+
     web_token = strdup(token);
     if (!web_token) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    memset(&cb, 0, sizeof(cb));
-    cb.log_message = on_log;
-    web_ctx = mg_start(&cb, NULL, options);
-    if (!web_ctx) {
-        snprintf(err, errlen, "cannot serve the web port %s (in use, or not allowed?)", ports);
-        free(web_token);
-        web_token = NULL;
-        return -1;
+    if (https_ctx) {
+        if (web_start_https(bind_addr, port, https_ctx, err, errlen) != 0)
+            goto fail;
+    } else {
+        if (bind_addr && *bind_addr)
+            snprintf(ports, sizeof(ports), "%s:%d", bind_addr, port);
+        else
+            snprintf(ports, sizeof(ports), "%d", port);
+        web_ctx = web_civet_start(ports);
+        if (!web_ctx) {
+            snprintf(err, errlen, "cannot serve the web port %s (in use, or not allowed?)", ports);
+            goto fail;
+        }
     }
-    mg_set_request_handler(web_ctx, "/", handle, NULL);
     return 0;
+fail:
+    if (web_ctx)
+        mg_stop(web_ctx);
+    web_ctx = NULL;
+    web_https = 0;
+    free(web_token);
+    web_token = NULL;
+    return -1;
 }
 
 void web_stop(void)
 {
+    /* The front first: its connections end before CivetWeb goes away. */
+    web_tls_stop();
     if (web_ctx)
         mg_stop(web_ctx);
     web_ctx = NULL;
+    web_https = 0;
     free(web_token);
     web_token = NULL;
 }
