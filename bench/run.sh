@@ -260,7 +260,7 @@ hold() {
     exec 3>"$TMP/holdin"
     t0=$(date +%s)
     i=0
-    while [ $i -lt 2000 ] && ! grep -q '^held='' "$TMP/hold.out" && kill -0 $hold_pid 2>/dev/null; do
+    while [ $i -lt 2000 ] && ! grep -q '^held=' "$TMP/hold.out" && kill -0 $hold_pid 2>/dev/null; do
         sleep 0.1
         i=$((i + 1))
     done
@@ -362,6 +362,9 @@ run_tunnel() {
     fi
     if [ "$mode" = tls ]; then
         pub_extra=${BENCH_TLS_PUB_ARGS:-} priv_extra=${BENCH_TLS_PRIV_ARGS:-}
+        # Trust on first use as a user would, but never in the user's own known-hosts file.
+        ./proxy_private --help 2>&1 | grep -q -- '--known-hosts' &&
+            priv_extra="--known-hosts $TMP/known_hosts-$mode $priv_extra"
     fi
     # Listen on loopback only when the build lets us say so (same code path).
     ./proxy_public --help 2>&1 | grep -q -- '--bind' && pub_extra="--bind 127.0.0.1 $pub_extra"
