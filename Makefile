@@ -56,6 +56,28 @@ build/test_packet: $(UNIT_SRC) tests/unit/unit.h $(UNIT_LIB_SRC) $(HEADERS)
 test-unit: build/test_packet
 	./build/test_packet
 
+# libFuzzer harnesses (fuzz/): `make fuzz` runs each for FUZZ_SECONDS, `make
+# fuzz-smoke` for FUZZ_SMOKE_SECONDS after replaying fuzz/regressions/ and the
+# seeds; both fail on any crash. Needs clang and libclang-rt-14-dev.
+FUZZ_CC ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_SMOKE_SECONDS ?= 10
+FUZZ_FLAGS := -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+              -fno-omit-frame-pointer
+FUZZ_HARNESSES := fuzz_packet fuzz_api_body
+FUZZ_BINS := $(addprefix build/fuzz/,$(FUZZ_HARNESSES))
+FUZZ_LIB_SRC := $(sort $(COMMON_SRC) registry.c state.c)
+
+$(FUZZ_BINS): build/fuzz/%: fuzz/%.c fuzz/guard.h $(FUZZ_LIB_SRC) $(HEADERS)
+	@mkdir -p build/fuzz
+	$(FUZZ_CC) $(WARN) $(FUZZ_FLAGS) $(CPPFLAGS) -o $@ $< $(FUZZ_LIB_SRC) $(LIBS)
+
+fuzz: $(FUZZ_BINS)
+	sh fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_HARNESSES)
+
+fuzz-smoke: $(FUZZ_BINS)
+	sh fuzz/run.sh $(FUZZ_SMOKE_SECONDS) $(FUZZ_HARNESSES)
+
 # The whole suite: unit tests, integration tests against the release build,
 # fuzz smoke runs, the browser test and the real-NAT test, then the integration
 # tests again under ASan+UBSan and under TSan.
