@@ -9,12 +9,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "log.h"
 #include "netio.h"
 #include "packet.h"
+#include "tls.h"
 #include "tunnel.h"
 
 #define MAX_REGISTER PKT_MAX_APPS
@@ -36,6 +38,10 @@ static struct {
     char name[PKT_NAME_MAX + 1];
     struct app_req apps[MAX_REGISTER];
     int napps;
+    int plaintext;
+    char fingerprint[TLS_FP_LEN];  /* pinned; empty: trust on first use */
+    char known_hosts[4096];
+    SSL_CTX *tls;
 } cfg;
 
 /* Shutdown: the signal thread sets stop and kills the current tunnel. */
@@ -56,6 +62,13 @@ static void usage(FILE *f)
             "  --register NAME:PUBLIC_PORT:TARGET_HOST:TARGET_PORT\n"
             "                       ask the public side to open PUBLIC_PORT for the app at\n"
             "                       TARGET_HOST:TARGET_PORT (repeatable, re-sent on reconnect)\n"
+            "  --fingerprint SHA256 pin the public side's certificate (printed by\n"
+            "                       proxy_public); without it the first one seen is\n"
+            "                       remembered in the known-hosts file and must not change\n"
+            "  --known-hosts FILE   where first-use fingerprints are kept\n"
+            "                       (default: ~/.config/proxy_private/known_hosts)\n"
+            "  --insecure-plaintext no TLS (trusted networks, benchmarks); the public side\n"
+            "                       must run with --insecure-plaintext too\n"
             "  --log-level LEVEL    debug, info (default), warn or error\n"
             "  --help               show this help\n"
             "  --version            show the version\n");
@@ -137,6 +150,8 @@ static int parse_args(int argc, char **argv)
         } else if (strcmp(a, "--version") == 0) {
             printf("proxy_private %s (protocol %d)\n", PROXY_VERSION, PKT_PROTO_VERSION);
             exit(0);
+        } else if (strcmp(a, "--insecure-plaintext") == 0) {
+            cfg.plaintext = 1;
         } else if (strncmp(a, "--", 2) == 0) {
             const char *v = i + 1 < argc ? argv[i + 1] : NULL;
             if (!v) {
@@ -146,6 +161,14 @@ static int parse_args(int argc, char **argv)
             i++;
             if (strcmp(a, "--token") == 0) {
                 cfg.token = v;
+            } else if (strcmp(a, "--fingerprint") == 0) {
+                if (tls_normalize_fingerprint(v, cfg.fingerprint) != 0) {
+                    fprintf(stderr, "proxy_private: --fingerprint '%s' is not a SHA-256 fingerprint "
+                                    "(64 hex digits, colons allowed)\n", v);
+                    return -1;
+                }
+            } else if (strcmp(a, "--known-hosts") == 0) {
+                snprintf(cfg.known_hosts, sizeof(cfg.known_hosts), "%s", v);
             } else if (strcmp(a, "--name") == 0) {
                 if (!pkt_valid_name(v)) {
                     fprintf(stderr, "proxy_private: --name '%s' must match [A-Za-z0-9._-]{1,64}\n", v);
@@ -206,6 +229,11 @@ static int parse_args(int argc, char **argv)
     }
     if (!cfg.name[0])
         default_name(cfg.name, sizeof(cfg.name));
+    if (!cfg.known_hosts[0]) {
+        const char *home = getenv("HOME");
+        snprintf(cfg.known_hosts, sizeof(cfg.known_hosts), "%s/.config/proxy_private/known_hosts",
+                 home && *home ? home : ".");
+    }
     return 0;
 }
 
@@ -235,12 +263,68 @@ static int on_build_connection(struct tunnel *t, struct pkt *p, void *arg)
 /* Result of one tunnel session. */
 enum session_end { SESSION_RETRY, SESSION_FATAL, SESSION_WAS_UP };
 
+/* TLS handshake and pinning check before anything secret is sent. On success
+ * *out holds the SSL object; on failure it stays NULL and the result says
+ * whether retrying can help. */
+static enum session_end tls_connect(int fd, SSL **out)
+{
+    struct timeval tv = {.tv_sec = HANDSHAKE_TIMEOUT_MS / 1000};
+    char fp[TLS_FP_LEN], old[TLS_FP_LEN], err[300], hostport[300];
+    SSL *ssl = SSL_new(cfg.tls);
+    int r;
+
+    *out = NULL;
+    (void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    if (!ssl || SSL_set_fd(ssl, fd) != 1 || SSL_connect(ssl) != 1) {
+        log_warn("ev=handshake_failed public=%s:%d err=\"TLS: %s\" hint=\"does the public side run "
+                 "with --insecure-plaintext? then both sides need it\"",
+                 cfg.host, cfg.port, tls_error_string(err, sizeof(err)));
+        SSL_free(ssl);
+        return SESSION_RETRY;
+    }
+    if (tls_peer_fingerprint(ssl, fp) != 0) {
+        log_error("ev=refused public=%s:%d err=\"the public side sent no certificate\"", cfg.host,
+                  cfg.port);
+        SSL_free(ssl);
+        return SESSION_RETRY;
+    }
+    if (cfg.fingerprint[0]) {
+        if (strcmp(fp, cfg.fingerprint) != 0) {
+            log_error("ev=fingerprint_mismatch public=%s:%d expected=%s got=%s "
+                      "msg=\"REFUSING: the public side's certificate is not the one given with "
+                      "--fingerprint; someone may be intercepting the tunnel\"",
+                      cfg.host, cfg.port, cfg.fingerprint, fp);
+            SSL_free(ssl);
+            return SESSION_FATAL;
+        }
+    } else {
+        snprintf(hostport, sizeof(hostport), "%s:%d", cfg.host, cfg.port);
+        r = tls_known_hosts_check(cfg.known_hosts, hostport, fp, old, err, sizeof(err));
+        if (r < 0) {
+            log_error("ev=fingerprint_mismatch public=%s file=%s msg=\"REFUSING: %s. If the "
+                      "public side really got a new certificate, delete its line from the file "
+                      "or pass --fingerprint\"",
+                      hostport, cfg.known_hosts, err);
+            SSL_free(ssl);
+            return SESSION_FATAL;
+        }
+        if (r == 0)
+            log_warn("ev=fingerprint_learned public=%s fingerprint=%s file=%s msg=\"trusted on first "
+                     "use; compare it with the one proxy_public printed\"",
+                     hostport, fp, cfg.known_hosts);
+    }
+    *out = ssl;
+    return SESSION_RETRY;
+}
+
 static enum session_end run_session(void)
 {
     char err[192] = "", addr[64];
     struct tunnel *t = NULL;
     struct pkt p = {0};
     enum session_end result = SESSION_RETRY;
+    SSL *ssl = NULL;
     int fd, r;
 
     fd = net_dial(cfg.host, cfg.port, HANDSHAKE_TIMEOUT_MS, err, sizeof(err));
@@ -249,8 +333,16 @@ static enum session_end run_session(void)
         return SESSION_RETRY;
     }
     net_peer_str(fd, addr, sizeof(addr));
-    t = tunnel_new(fd, cfg.name, addr, 0);
+    if (!cfg.plaintext) {
+        result = tls_connect(fd, &ssl);
+        if (!ssl) {
+            close(fd);
+            return result;
+        }
+    }
+    t = tunnel_new(fd, ssl, cfg.name, addr, 0);
     if (!t) {
+        SSL_free(ssl);
         close(fd);
         return SESSION_RETRY;
     }
@@ -389,6 +481,14 @@ int main(int argc, char **argv)
     pthread_condattr_destroy(&ca);
     srand((unsigned)(mono_ms() ^ (uint64_t)getpid()));
     net_raise_fd_limit();
+    if (!cfg.plaintext) {
+        char err[256];
+        cfg.tls = tls_client_ctx(err, sizeof(err));
+        if (!cfg.tls) {
+            fprintf(stderr, "proxy_private: %s\n", err);
+            return 1;
+        }
+    }
     if (thread_spawn(signal_main, NULL) != 0) {
         fprintf(stderr, "proxy_private: cannot start the signal thread\n");
         return 1;
@@ -418,6 +518,7 @@ int main(int argc, char **argv)
     if (!stop_requested)
         exit_code = exit_code ? exit_code : 1;
     pthread_mutex_unlock(&state_lock);
+    SSL_CTX_free(cfg.tls);
     log_info("ev=exit code=%d", exit_code);
     return exit_code;
 }

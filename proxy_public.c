@@ -18,8 +18,10 @@
 #include "log.h"
 #include "netio.h"
 #include "packet.h"
+#include "ratelimit.h"
 #include "registry.h"
 #include "state.h"
+#include "tls.h"
 #include "tunnel.h"
 #include "web_api.h"
 
@@ -31,7 +33,12 @@ static struct {
     const char *bind_addr;
     const char *token_arg;
     const char *state_dir;
+    const char *cert_file, *key_file;
+    int plaintext;
+    int web_https;
     char *token;
+    SSL_CTX *tls;
+    char fingerprint[TLS_FP_LEN];
 } cfg = {.state_dir = "proxy_state"};
 
 static _Atomic int stopping;
@@ -49,8 +56,14 @@ static void usage(FILE *f)
             "  --bind ADDR          listen on this IPv4 address only (default: all)\n"
             "  --token TOKEN        shared secret (or env NAT_TOKEN; default: generated\n"
             "                       once and kept in STATE_DIR/token)\n"
-            "  --state-dir DIR      where registrations and the token live\n"
+            "  --state-dir DIR      where registrations, the token and the TLS key live\n"
             "                       (default: ./proxy_state)\n"
+            "  --cert FILE --key FILE\n"
+            "                       TLS certificate (PEM, chain allowed) and key to use\n"
+            "                       instead of the self-signed pair made in STATE_DIR\n"
+            "  --web-https          serve the web port over HTTPS with the same certificate\n"
+            "  --insecure-plaintext no TLS on the tunnel (trusted networks, benchmarks);\n"
+            "                       proxy_private must say --insecure-plaintext too\n"
             "  --log-level LEVEL    debug, info (default), warn or error\n"
             "  --help               show this help\n"
             "  --version            show the version\n"
@@ -84,6 +97,10 @@ static int parse_args(int argc, char **argv)
         } else if (strcmp(a, "--version") == 0) {
             printf("proxy_public %s (protocol %d)\n", PROXY_VERSION, PKT_PROTO_VERSION);
             exit(0);
+        } else if (strcmp(a, "--insecure-plaintext") == 0) {
+            cfg.plaintext = 1;
+        } else if (strcmp(a, "--web-https") == 0) {
+            cfg.web_https = 1;
         } else if (strncmp(a, "--", 2) == 0) {
             const char *v = i + 1 < argc ? argv[i + 1] : NULL;
             if (!v) {
@@ -100,6 +117,10 @@ static int parse_args(int argc, char **argv)
                 cfg.bind_addr = v;
             } else if (strcmp(a, "--token") == 0) {
                 cfg.token_arg = v;
+            } else if (strcmp(a, "--cert") == 0) {
+                cfg.cert_file = v;
+            } else if (strcmp(a, "--key") == 0) {
+                cfg.key_file = v;
             } else if (strcmp(a, "--state-dir") == 0) {
                 cfg.state_dir = v;
             } else if (strcmp(a, "--log-level") == 0) {
@@ -128,6 +149,13 @@ static int parse_args(int argc, char **argv)
     if (pos < 2) {
         fprintf(stderr, "proxy_public: missing %s (see --help)\n", pos == 0 ? "TUNNEL_PORT" : "WEB_PORT");
         return -1;
+    }
+    if (!cfg.cert_file != !cfg.key_file) {
+        fprintf(stderr, "proxy_public: --cert and --key go together\n");
+        return -1;
+    }
+    if (cfg.plaintext && cfg.web_https && !cfg.cert_file) {
+        /* Allowed: the web port still gets the state directory's certificate. */
     }
     if (cfg.tunnel_port == cfg.web_port) {
         fprintf(stderr, "proxy_public: TUNNEL_PORT and WEB_PORT must differ\n");
@@ -191,15 +219,55 @@ static json_t *register_hello_apps(json_t *hello, const char *priv)
     return results;
 }
 
+/* What the acceptor hands to a tunnel thread. */
+struct tunnel_start {
+    int fd;
+    char addr[64];
+};
+
+/* TLS handshake on a fresh tunnel socket, with a deadline. NULL on failure. */
+static SSL *tls_accept(int fd, const char *addr)
+{
+    struct timeval tv = {.tv_sec = HANDSHAKE_TIMEOUT_MS / 1000};
+    char ebuf[200];
+    SSL *ssl = SSL_new(cfg.tls);
+
+    (void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    if (!ssl || SSL_set_fd(ssl, fd) != 1 || SSL_accept(ssl) != 1) {
+        log_warn("ev=handshake_failed client=%s err=\"TLS: %s\" hint=\"is the private side "
+                 "running with --insecure-plaintext, or is this not proxy_private?\"",
+                 addr, tls_error_string(ebuf, sizeof(ebuf)));
+        SSL_free(ssl);
+        return NULL;
+    }
+    return ssl;
+}
+
 static void *tunnel_main(void *arg)
 {
-    struct tunnel *t = arg;
+    struct tunnel_start *start = arg;
+    struct tunnel *t = NULL;
     struct pkt p = {0};
-    char err[200] = "", name[PKT_NAME_MAX + 1] = "";
-    const char *addr = tunnel_addr(t);
+    char err[200] = "", name[PKT_NAME_MAX + 1] = "", addr[64];
+    SSL *ssl = NULL;
     int up = 0;
 
     pthread_setname_np(pthread_self(), "tunnel");
+    snprintf(addr, sizeof(addr), "%s", start->addr);
+    if (!cfg.plaintext && !(ssl = tls_accept(start->fd, addr))) {
+        close(start->fd);
+        free(start);
+        tunnel_threads--;
+        return NULL;
+    }
+    t = tunnel_new(start->fd, ssl, "", addr, 1);
+    free(start);
+    if (!t) {
+        SSL_free(ssl);
+        tunnel_threads--;
+        return NULL;
+    }
     if (tunnel_read_handshake(t, &p, HANDSHAKE_TIMEOUT_MS, err, sizeof(err)) <= 0) {
         log_warn("ev=handshake_failed client=%s err=\"%s\"", addr, err);
         tunnel_fail(t, "protocol", "malformed or missing HELLO");
@@ -218,11 +286,24 @@ static void *tunnel_main(void *arg)
     }
     {
         const char *tok = json_string_value(json_object_get(p.json, "token"));
+        char ip[RATELIMIT_KEY_LEN], msg[128];
+        unsigned wait_ms = 0;
+        ratelimit_key(addr, ip);
+        /* A blocked address is refused before its token is even looked at. */
+        if (ratelimit_check(ip, &wait_ms)) {
+            log_warn("ev=auth_rate_limited client=%s what=tunnel wait_ms=%u", addr, wait_ms);
+            snprintf(msg, sizeof(msg), "too many wrong tokens from your address: wait %u s",
+                     (wait_ms + 999) / 1000);
+            tunnel_fail(t, "rate_limited", msg);
+            goto out;
+        }
         if (!web_token_equal(tok, strlen(tok), cfg.token)) {
+            ratelimit_fail(ip);
             log_warn("ev=auth_failed client=%s what=tunnel reason=\"wrong token\"", addr);
             tunnel_fail(t, "bad_token", "wrong token");
             goto out;
         }
+        ratelimit_success(ip);
     }
     snprintf(name, sizeof(name), "%s", json_string_value(json_object_get(p.json, "name")));
     tunnel_set_peer_window(t, (uint32_t)json_integer_value(json_object_get(p.json, "window")));
@@ -261,7 +342,7 @@ static void *tunnel_accept_main(void *arg)
     (void)arg;
     while (!stopping) {
         char addr[64];
-        struct tunnel *t;
+        struct tunnel_start *start;
         int rc, fd = accept4(tunnel_listen_fd, NULL, NULL, SOCK_CLOEXEC);
         if (fd < 0) {
             struct timespec ts = {.tv_nsec = 100 * 1000 * 1000};
@@ -282,17 +363,20 @@ static void *tunnel_accept_main(void *arg)
             close(fd);
             continue;
         }
-        t = tunnel_new(fd, "", addr, 1);
-        if (!t) {
+        start = malloc(sizeof(*start));
+        if (!start) {
             close(fd);
             continue;
         }
+        start->fd = fd;
+        snprintf(start->addr, sizeof(start->addr), "%s", addr);
         tunnel_threads++;
-        rc = thread_spawn(tunnel_main, t);
+        rc = thread_spawn(tunnel_main, start);
         if (rc != 0) {
             tunnel_threads--;
             log_error("ev=thread_failed what=tunnel err=\"%s\"", strerror(rc));
-            tunnel_unref(t);
+            close(fd);
+            free(start);
         }
     }
     return NULL;
@@ -326,6 +410,17 @@ int main(int argc, char **argv)
     }
     if (!cfg.token)
         return 1;
+    if (!cfg.plaintext || cfg.web_https) {
+        int made = 0;
+        cfg.tls = tls_server_ctx(cfg.state_dir, cfg.cert_file, cfg.key_file, cfg.fingerprint, &made,
+                                 err, sizeof(err));
+        if (!cfg.tls) {
+            fprintf(stderr, "proxy_public: %s\n", err);
+            goto out;
+        }
+        if (made)
+            log_info("ev=tls_certificate_created dir=%s", cfg.state_dir);
+    }
     if (registry_init(cfg.state_dir, cfg.bind_addr, cfg.tunnel_port, cfg.web_port, err,
                       sizeof(err)) != 0) {
         fprintf(stderr, "proxy_public: %s\n", err);
@@ -336,7 +431,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "proxy_public: cannot listen on TUNNEL_PORT: %s\n", err);
         goto out_registry;
     }
-    if (web_start(cfg.bind_addr, cfg.web_port, cfg.token, err, sizeof(err)) != 0) {
+    if (web_start(cfg.bind_addr, cfg.web_port, cfg.token, cfg.web_https ? cfg.tls : NULL, err,
+                  sizeof(err)) != 0) {
         fprintf(stderr, "proxy_public: WEB_PORT: %s\n", err);
         goto out_listen;
     }
@@ -345,19 +441,24 @@ int main(int argc, char **argv)
         goto out_web;
     }
     guess_public_host(host, sizeof(host));
+    if (cfg.tls)
+        printf("TLS certificate fingerprint (SHA-256): %s\n", cfg.fingerprint);
     if (!cfg.token_arg) {
         /* The secret goes to the terminal (stdout), never into the log. */
         printf("%s token in %s/token\n"
                "Connect a home machine with:\n"
-               "  ./proxy_private %s %d --token %s --register web:8080:127.0.0.1:80\n"
-               "Manage apps at http://%s:%d/ with the same token.\n",
+               "  ./proxy_private %s %d --token %s%s%s --register web:8080:127.0.0.1:80\n"
+               "Manage apps at %s://%s:%d/ with the same token.\n",
                created ? "Generated a new" : "Using the", cfg.state_dir, host, cfg.tunnel_port,
-               cfg.token, host, cfg.web_port);
-        fflush(stdout);
+               cfg.token, cfg.plaintext ? " --insecure-plaintext" : " --fingerprint ",
+               cfg.plaintext ? "" : cfg.fingerprint, cfg.web_https ? "https" : "http", host,
+               cfg.web_port);
     }
-    log_info("ev=ready version=%s tunnel_port=%d web_port=%d bind=%s state_dir=%s", PROXY_VERSION,
-             cfg.tunnel_port, cfg.web_port, cfg.bind_addr ? cfg.bind_addr : "0.0.0.0",
-             cfg.state_dir);
+    fflush(stdout);
+    log_info("ev=ready version=%s tunnel_port=%d web_port=%d bind=%s state_dir=%s tls=%s "
+             "fingerprint=%s",
+             PROXY_VERSION, cfg.tunnel_port, cfg.web_port, cfg.bind_addr ? cfg.bind_addr : "0.0.0.0",
+             cfg.state_dir, cfg.plaintext ? "off" : "on", cfg.tls ? cfg.fingerprint : "none");
 
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
@@ -381,6 +482,7 @@ out_registry:
     if (tunnel_listen_fd >= 0)
         close(tunnel_listen_fd);
 out:
+    SSL_CTX_free(cfg.tls);
     free(cfg.token);
     log_info("ev=exit code=%d", rc);
     return rc;

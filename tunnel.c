@@ -24,6 +24,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 #include "log.h"
 #include "netio.h"
 
@@ -72,6 +75,9 @@ struct conn {
 struct tunnel {
     _Atomic int refs;
     int fd;
+    SSL *ssl;                   /* NULL in plaintext mode */
+    pthread_mutex_t ssl_lock;   /* OpenSSL objects are not safe for two threads */
+    unsigned char *wbuf;        /* TLS: header and payload joined, under wlock */
     int is_public;
     char name[PKT_NAME_MAX + 1];
     char addr[64];
@@ -140,7 +146,7 @@ void tunnel_global_init(void)
 
 /* ---------------------------------------------------------------- tunnel */
 
-struct tunnel *tunnel_new(int fd, const char *name, const char *addr, int is_public)
+struct tunnel *tunnel_new(int fd, SSL *ssl, const char *name, const char *addr, int is_public)
 {
     struct tunnel *t = calloc(1, sizeof(*t));
     struct timeval tv = {.tv_sec = 1};
@@ -156,6 +162,7 @@ struct tunnel *tunnel_new(int fd, const char *name, const char *addr, int is_pub
     }
     t->refs = 1;
     t->fd = fd;
+    t->ssl = ssl;
     t->is_public = is_public;
     t->my_window = PKT_WINDOW_DEFAULT;
     t->peer_window = PKT_WINDOW_DEFAULT;
@@ -164,6 +171,7 @@ struct tunnel *tunnel_new(int fd, const char *name, const char *addr, int is_pub
     snprintf(t->addr, sizeof(t->addr), "%s", addr ? addr : "");
     pthread_mutex_init(&t->wlock, NULL);
     pthread_mutex_init(&t->lock, NULL);
+    pthread_mutex_init(&t->ssl_lock, NULL);
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&t->hb_cond, &ca);
@@ -173,6 +181,10 @@ struct tunnel *tunnel_new(int fd, const char *name, const char *addr, int is_pub
     (void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &stv, sizeof(stv));
     net_tune(fd);
+    /* With TLS the reader and writers share one SSL object under ssl_lock, so
+     * nobody may block inside OpenSSL while holding it: non-blocking + poll. */
+    if (ssl)
+        net_set_nonblock(fd, 1);
     return t;
 }
 
@@ -185,9 +197,12 @@ void tunnel_unref(struct tunnel *t)
 {
     if (!t || --t->refs > 0)
         return;
+    SSL_free(t->ssl);
     close(t->fd);
+    free(t->wbuf);
     pthread_mutex_destroy(&t->wlock);
     pthread_mutex_destroy(&t->lock);
+    pthread_mutex_destroy(&t->ssl_lock);
     pthread_cond_destroy(&t->hb_cond);
     free(t->rbuf);
     free(t);
@@ -223,6 +238,88 @@ unsigned tunnel_conn_count(struct tunnel *t)
     return n;
 }
 
+/* One OpenSSL call under ssl_lock; returns 1 or the SSL_get_error code. */
+static int tls_call(struct tunnel *t, int writing, void *buf, size_t len, size_t *done)
+{
+    int r, e = SSL_ERROR_NONE;
+
+    pthread_mutex_lock(&t->ssl_lock);
+    ERR_clear_error();
+    r = writing ? SSL_write_ex(t->ssl, buf, len, done) : SSL_read_ex(t->ssl, buf, len, done);
+    if (r != 1)
+        e = SSL_get_error(t->ssl, r);
+    pthread_mutex_unlock(&t->ssl_lock);
+    return r == 1 ? 1 : -e;
+}
+
+/* Wait up to ms for the tunnel socket; what the last SSL call asked for. */
+static void tls_wait(struct tunnel *t, int want, int ms)
+{
+    struct pollfd pfd = {.fd = t->fd, .events = want == SSL_ERROR_WANT_WRITE ? POLLOUT : POLLIN};
+
+    (void)poll(&pfd, 1, ms);
+}
+
+/* Write all of buf through TLS; gives up after SEND_TIMEOUT_S without progress. */
+static int tls_write_all(struct tunnel *t, unsigned char *buf, size_t len)
+{
+    uint64_t give_up = mono_ms() + SEND_TIMEOUT_S * 1000u;
+
+    while (len > 0) {
+        size_t n = 0;
+        int r;
+        if (t->dead)
+            return -1;
+        r = tls_call(t, 1, buf, len, &n);
+        if (r == 1) {
+            buf += n;
+            len -= n;
+            give_up = mono_ms() + SEND_TIMEOUT_S * 1000u;
+            continue;
+        }
+        if (r != -SSL_ERROR_WANT_WRITE && r != -SSL_ERROR_WANT_READ) {
+            errno = EPIPE;
+            return -1;
+        }
+        if (mono_ms() >= give_up) {
+            errno = EAGAIN;
+            return -1;
+        }
+        tls_wait(t, -r, 1000);
+    }
+    return 0;
+}
+
+/* recv() for the reader: >0 bytes, 0 end, -1 with errno (EAGAIN: a second
+ * passed with nothing, so the caller can check its deadline). */
+static ssize_t tunnel_recv(struct tunnel *t, void *buf, size_t len)
+{
+    if (!t->ssl)
+        return recv(t->fd, buf, len, 0);
+    for (;;) {
+        size_t n = 0;
+        int r = tls_call(t, 0, buf, len, &n);
+        if (r == 1)
+            return (ssize_t)n;
+        if (r == -SSL_ERROR_ZERO_RETURN)
+            return 0;
+        if (r == -SSL_ERROR_WANT_READ || r == -SSL_ERROR_WANT_WRITE) {
+            struct pollfd pfd = {.fd = t->fd,
+                                 .events = r == -SSL_ERROR_WANT_READ ? POLLIN : POLLOUT};
+            int pr = poll(&pfd, 1, 1000);
+            if (pr == 0 || (pr < 0 && errno == EINTR)) {
+                errno = EAGAIN;
+                return -1;
+            }
+            if (t->dead)
+                return 0;
+            continue;
+        }
+        errno = EPROTO; /* bad record, or the peer vanished mid-record */
+        return -1;
+    }
+}
+
 int tunnel_send(struct tunnel *t, json_t *hdr, const void *payload, size_t len)
 {
     unsigned char small[512];
@@ -250,7 +347,18 @@ int tunnel_send(struct tunnel *t, json_t *hdr, const void *payload, size_t len)
     iovcnt = payload && len ? 2 : 1;
 
     pthread_mutex_lock(&t->wlock);
-    while (!t->dead) {
+    if (t->ssl) {
+        /* One SSL_write per frame: fewer, fuller TLS records than two calls. */
+        if (!t->wbuf)
+            t->wbuf = malloc(PKT_MAX_FRAME);
+        if (t->wbuf && (size_t)n + len <= PKT_MAX_FRAME && !t->dead) {
+            memcpy(t->wbuf, buf, (size_t)n);
+            if (iovcnt == 2)
+                memcpy(t->wbuf + n, payload, len);
+            rc = tls_write_all(t, t->wbuf, (size_t)n + len);
+        }
+    }
+    while (!t->ssl && !t->dead) {
         ssize_t w = writev(t->fd, iov, iovcnt);
         if (w < 0) {
             if (errno == EINTR)
@@ -431,7 +539,7 @@ static int read_frame(struct tunnel *t, size_t max_header, uint64_t deadline_ms,
                 snprintf(err, errlen, "%s", "tunnel closed");
                 return -1;
             }
-            n = recv(t->fd, t->rbuf + t->rend, READ_BUF_SIZE - t->rend, 0);
+            n = tunnel_recv(t, t->rbuf + t->rend, READ_BUF_SIZE - t->rend);
             if (n > 0)
                 break;
             if (n == 0) {

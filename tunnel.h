@@ -45,9 +45,11 @@ typedef int (*tunnel_op_fn)(struct tunnel *t, struct pkt *p, void *arg);
  * in the calling thread (threads inherit it); ignore SIGPIPE. Call first in main. */
 void tunnel_global_init(void);
 
-/* Take ownership of a connected socket. my_window is what we accept per
- * connection; the peer's window is set later with tunnel_set_peer_window. */
-struct tunnel *tunnel_new(int fd, const char *name, const char *addr, int is_public);
+/* Take ownership of a connected socket and, when not NULL, of the SSL object
+ * whose handshake on it has completed. The peer's window is set later with
+ * tunnel_set_peer_window. */
+typedef struct ssl_st SSL;
+struct tunnel *tunnel_new(int fd, SSL *ssl, const char *name, const char *addr, int is_public);
 void tunnel_ref(struct tunnel *t);
 void tunnel_unref(struct tunnel *t);
 void tunnel_set_peer_window(struct tunnel *t, uint32_t window);

@@ -45,8 +45,8 @@ if MODE not in ("release", "asan", "tsan"):
 BIN_DIR = os.environ.get("BIN_DIR") or (
     REPO if MODE == "release" else os.path.join(REPO, "build", MODE))
 
-# Extra arguments for both programs, in one place.  When TLS becomes the
-# default, add "--insecure-plaintext" here (or set PROXY_EXTRA_ARGS).
+# Extra arguments for both programs, in one place.  TLS is the default; set
+# PROXY_EXTRA_ARGS=--insecure-plaintext to run the suite without it.
 COMMON_ARGS = []
 EXTRA_ARGS = COMMON_ARGS + shlex.split(os.environ.get("PROXY_EXTRA_ARGS", ""))
 
@@ -418,8 +418,11 @@ class ProxyTest(unittest.TestCase):
                       port=None):
         if token == "default":
             token = self.token
+        # TLS is on by default: each test keeps its own trust-on-first-use
+        # file, so a port reused by an earlier test's server is never "changed".
         argv = [self.bin("proxy_private"), "127.0.0.1", str(port or self.tunnel_port),
-                "--name", name, "--log-level", "debug"]
+                "--name", name, "--log-level", "debug",
+                "--known-hosts", os.path.join(self.tmp, "known_hosts")]
         if token is not None:
             argv += ["--token", token]
         for r in register:

@@ -14,6 +14,8 @@ def assert_client_closed(test, port, what):
         s = connect(port, timeout=5 * SLOW)
     except ConnectionRefusedError:
         return "refused"
+    except ConnectionResetError:
+        return "reset"
     with s:
         try:
             s.sendall(b"hello?")
@@ -36,10 +38,10 @@ class FailureTest(ProxyTest):
                                      "echo:%d:127.0.0.1:%d" % (good_pub, echo.port)])
         self.wait_online(apps=["dead", "echo"])
         for _ in range(3):
-            with connect(bad_pub) as s:
-                self.assertTrue(harness.closed_by_peer(s, 5 * SLOW),
-                                "client of an app with a refused target not closed "
-                                "within %ss" % (5 * SLOW))
+            # The app's port listens (its private is online); the client may be
+            # reset during connect or closed right after.
+            how = assert_client_closed(self, bad_pub, "app with a refused target")
+            self.assertNotEqual(how, "refused", "the app's public port is not listening")
         self.echo_roundtrip(good_pub)
         self.assertTrue(self.public.alive() and self.procs[-1].alive())
 
@@ -86,14 +88,19 @@ class FailureTest(ProxyTest):
         pv = self.find(body["privates"], "home")
         self.assertTrue(pv is None or pv["online"] is False,
                         "a private with a wrong token shows online: %s" % json.dumps(body))
+        # The private's HELLO was one wrong try; after a few more, the address
+        # is rate limited (429) instead of 401 -- still a refusal with JSON.
+        tries = 1
         for auth in (None, "Bearer wrong", "Bearer " + self.token[:-1], "Basic " + self.token,
                      "Bearer " + self.token + "x", "Bearer"):
             for method, path, b in (("GET", "/list", None),
                                     ("POST", "/register", {"name": "x", "public_port": 1}),
                                     ("POST", "/unregister", {"name": "x"})):
                 st, resp = self.api(method, path, b, token=None, auth_header=auth)
-                self.assertEqual(st, 401, "%s %s with Authorization %r -> %s %r"
-                                 % (method, path, auth, st, resp))
+                allowed = (401,) if tries < 5 else (401, 429)
+                tries += 1
+                self.assertIn(st, allowed, "%s %s with Authorization %r -> %s %r"
+                              % (method, path, auth, st, resp))
                 self.assertIsInstance(resp, dict, "401 body is not JSON: %r" % resp)
                 self.assertIsInstance(resp.get("error"), str, resp)
         self.assertTrue(self.public.alive())
