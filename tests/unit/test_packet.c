@@ -150,6 +150,19 @@ static int parse_copy(const unsigned char *buf, size_t n, size_t maxh, struct pk
     return pkt_parse_frame(*copy, n, maxh, p, flen, err, errlen);
 }
 
+/* Just the answer of parse_copy() for a whole buffer. */
+static int parse_copy_ok(const unsigned char *buf, size_t n, size_t maxh)
+{
+    struct pkt p;
+    size_t flen;
+    char err[200];
+    unsigned char *copy;
+    int r = parse_copy(buf, n, maxh, &p, &flen, err, sizeof(err), &copy);
+
+    pkt_clear(&p);
+    return r;
+}
+
 /* Result of parsing the header text hdr (plus plen payload bytes) as one frame. */
 static int parse_text(const char *hdr, size_t plen, size_t maxh)
 {
@@ -953,6 +966,40 @@ static void test_ranges(void)
     }
 }
 
+/* docs/PROTOCOL.md allows 64 apps in HELLO, each with a name of up to 64 bytes
+ * and a target_host of up to 253, but HELLO is read before the handshake, where
+ * the header may be at most 16384 bytes. */
+static void test_hello_fits_preauth(void)
+{
+    char *name = repeat('n', PKT_NAME_MAX), *host = repeat('h', PKT_HOST_MAX);
+    char *token = repeat('t', PKT_TOKEN_MAX);
+    json_t *apps = json_array(), *hello;
+    unsigned char *buf = malloc(PKT_FRAME_PREFIX + PKT_MAX_HEADER);
+    int n;
+
+    for (int i = 0; i < PKT_MAX_APPS; i++) {
+        name[0] = (char)('A' + i % 26);
+        name[1] = (char)('A' + i / 26);
+        json_array_append_new(apps, json_pack("{s:s,s:i,s:s,s:i}", "name", name, "public_port",
+                                              10000 + i, "target_host", host, "target_port", 65535));
+    }
+    hello = packet(OP_HELLO, "{s:i,s:s,s:s,s:i,s:o}", "version", 1, "token", token, "name", name,
+                   "window", PKT_WINDOW_MAX, "apps", apps);
+    n = pkt_encode(hello, buf, PKT_FRAME_PREFIX + PKT_MAX_HEADER);
+    CHECK(n > 0, "largest HELLO encodes (%d)", n);
+    CHECK(parse_copy_ok(buf, (size_t)n, PKT_MAX_HEADER) == 1, "largest HELLO valid after auth");
+    KNOWN_BUG(parse_copy_ok(buf, (size_t)n, PKT_MAX_HEADER_PREAUTH) == 1,
+              "a HELLO with %d apps of the longest names and hosts the protocol allows is %d "
+              "bytes, over PKT_MAX_HEADER_PREAUTH (%d): proxy_public refuses it and proxy_private "
+              "(which accepts that many --register) retries forever",
+              PKT_MAX_APPS, n - PKT_FRAME_PREFIX, PKT_MAX_HEADER_PREAUTH);
+    json_decref(hello);
+    free(buf);
+    free(name);
+    free(host);
+    free(token);
+}
+
 static void test_names(void)
 {
     char *s64 = repeat('n', 64), *s65 = repeat('n', 65);
@@ -1147,6 +1194,7 @@ static const struct {
     {"unknown_op", test_unknown_op},
     {"required_members", test_required_members},
     {"ranges", test_ranges},
+    {"hello_fits_preauth", test_hello_fits_preauth},
     {"names", test_names},
     {"valid_host", test_valid_host},
     {"mutations", test_mutations},
