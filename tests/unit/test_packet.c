@@ -1,5 +1,5 @@
 /* test_packet.c - unit tests of packet.c (and, through the other files of
- * tests/unit/, state.c and registry_spec_from_json), plus the runner.
+ * tests/unit/, state.c, registry_spec_from_json and log_escape), plus the runner.
  *
  *   ./build/test_packet [name...]     run all tests, or those named
  *   UNIT_NOFORK=1 ./build/test_packet run in one process (for gdb)
@@ -1205,6 +1205,7 @@ static const struct {
     {"state_read_limits", test_state_read_limits},
     {"state_token", test_state_token},
     {"registry_spec", test_registry_spec},
+    {"log_escape", test_log_escape},
 };
 #define NTESTS (sizeof(tests) / sizeof(tests[0]))
 #define TEST_TIMEOUT_S 120

@@ -39,5 +39,6 @@ void test_state_write_failures(void);
 void test_state_read_limits(void);
 void test_state_token(void);
 void test_registry_spec(void);
+void test_log_escape(void);
 
 #endif

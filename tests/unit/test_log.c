@@ -1,0 +1,29 @@
+/* test_log.c - log_escape(), which every log line uses on peer-supplied text. */
+
+#include "unit.h"
+
+#include <string.h>
+
+#include "log.h"
+
+void test_log_escape(void)
+{
+    char out[16];
+    const char *r;
+
+    memset(out, 'Z', sizeof(out));
+    r = log_escape("abc", out, 0);
+    CHECK(r && r[0] == '\0' && out[0] == 'Z', "cap 0 writes nothing");
+    r = log_escape("abc", out, 1);
+    CHECK(r == out && out[0] == '\0' && out[1] == 'Z', "cap 1 gives an empty string");
+    CHECK(strcmp(log_escape(NULL, out, sizeof(out)), "") == 0, "NULL input");
+    CHECK(strcmp(log_escape("", out, sizeof(out)), "") == 0, "empty input");
+    CHECK(strcmp(log_escape("a b\"c\\d\n\xff", out, sizeof(out)), "a?b?c?d??") == 0,
+          "unsafe bytes replaced: %s", out);
+    CHECK(strcmp(log_escape("k=v ts=1", out, sizeof(out)), "k=v?ts=1") == 0,
+          "no space to forge key=value pairs: %s", out);
+    memset(out, 'Z', sizeof(out));
+    CHECK(strcmp(log_escape("abcdef", out, 4), "abc") == 0 && out[4] == 'Z', "cut to cap: %s", out);
+    CHECK(strcmp(log_escape("0123456789abcdefXYZ", out, sizeof(out)), "0123456789abcde") == 0,
+          "cut to the buffer: %s", out);
+}
