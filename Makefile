@@ -10,12 +10,12 @@ CFLAGS  ?= -O2 -g
 HARDEN  := -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fPIE
 CPPFLAGS += -D_GNU_SOURCE -DPROXY_VERSION='"$(VERSION)"' -I. -Ibuild
 LDFLAGS += -pie -Wl,-z,relro,-z,now
-LIBS    := -ljansson -lpthread
+LIBS    := -ljansson -lssl -lcrypto -lpthread
 PUB_LIBS := -lcivetweb -ldl
 
-COMMON_SRC := packet.c log.c netio.c tunnel.c
-PUBLIC_SRC := proxy_public.c registry.c state.c web_api.c build/web_assets.c
-PRIVATE_SRC := proxy_private.c
+COMMON_SRC := packet.c log.c netio.c tunnel.c tls.c state.c
+PUBLIC_SRC := proxy_public.c registry.c web_api.c ratelimit.c web_tls.c build/web_assets.c
+PRIVATE_SRC := proxy_private.c allow.c
 HEADERS := $(wildcard *.h)
 WEB_FILES := $(wildcard web/*)
 

@@ -68,7 +68,7 @@ const char *log_escape(const char *in, char *out, unsigned cap)
         return "";
     for (; in && *in && i + 1 < cap; in++) {
         unsigned char c = (unsigned char)*in;
-        out[i++] = (c >= 0x20 && c < 0x7f && c != '"' && c != '\\' && c != ' ') ? (char)c : '?';
+        out[i++] = (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') ? (char)c : '?';
     }
     out[i] = '\0';
     return out;

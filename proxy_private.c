@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "allow.h"
 #include "log.h"
 #include "netio.h"
 #include "packet.h"
@@ -39,6 +40,8 @@ static struct {
     struct app_req apps[MAX_REGISTER];
     int napps;
     int plaintext;
+    struct allowlist allow;
+    int nallow;                    /* --allow options given */
     char fingerprint[TLS_FP_LEN];  /* pinned; empty: trust on first use */
     char known_hosts[4096];
     SSL_CTX *tls;
@@ -62,6 +65,10 @@ static void usage(FILE *f)
             "  --register NAME:PUBLIC_PORT:TARGET_HOST:TARGET_PORT\n"
             "                       ask the public side to open PUBLIC_PORT for the app at\n"
             "                       TARGET_HOST:TARGET_PORT (repeatable, re-sent on reconnect)\n"
+            "  --allow RULE         targets the public side may ask us to dial: HOST:PORT,\n"
+            "                       CIDR:PORT[-PORT] (e.g. 192.168.1.0/24:1-65535) or\n"
+            "                       'any' (repeatable). Default: loopback and the\n"
+            "                       --register targets only\n"
             "  --fingerprint SHA256 pin the public side's certificate (printed by\n"
             "                       proxy_public); without it the first one seen is\n"
             "                       remembered in the known-hosts file and must not change\n"
@@ -167,6 +174,13 @@ static int parse_args(int argc, char **argv)
                                     "(64 hex digits, colons allowed)\n", v);
                     return -1;
                 }
+            } else if (strcmp(a, "--allow") == 0) {
+                char err[200];
+                if (allow_add(&cfg.allow, v, err, sizeof(err)) != 0) {
+                    fprintf(stderr, "proxy_private: %s\n", err);
+                    return -1;
+                }
+                cfg.nallow++;
             } else if (strcmp(a, "--known-hosts") == 0) {
                 snprintf(cfg.known_hosts, sizeof(cfg.known_hosts), "%s", v);
             } else if (strcmp(a, "--name") == 0) {
@@ -229,6 +243,11 @@ static int parse_args(int argc, char **argv)
     }
     if (!cfg.name[0])
         default_name(cfg.name, sizeof(cfg.name));
+    /* Default allowlist: what this machine offered itself, and loopback. */
+    if (cfg.nallow == 0)
+        allow_add_loopback(&cfg.allow);
+    for (int i = 0; i < cfg.napps; i++)
+        allow_add_target(&cfg.allow, cfg.apps[i].host, cfg.apps[i].target_port);
     if (!cfg.known_hosts[0]) {
         const char *home = getenv("HOME");
         snprintf(cfg.known_hosts, sizeof(cfg.known_hosts), "%s/.config/proxy_private/known_hosts",
@@ -250,13 +269,19 @@ static json_t *hello_packet(void)
                   cfg.token, "name", cfg.name, "window", PKT_WINDOW_DEFAULT, "apps", apps);
 }
 
+static int dial_allowed(const char *host, int port, int timeout_ms, char *err, size_t errlen,
+                        void *arg)
+{
+    return allow_dial(arg, host, port, timeout_ms, err, errlen);
+}
+
 static int on_build_connection(struct tunnel *t, struct pkt *p, void *arg)
 {
     const char *host = json_string_value(json_object_get(p->json, "target_host"));
     int port = (int)json_integer_value(json_object_get(p->json, "target_port"));
 
     (void)arg;
-    conn_start_private(t, p->conn, host, port);
+    conn_start_private(t, p->conn, host, port, dial_allowed, &cfg.allow);
     return 0;
 }
 
@@ -473,8 +498,12 @@ int main(int argc, char **argv)
 
     tunnel_global_init();
     json_object_seed(0);
-    if (parse_args(argc, argv) != 0)
+    if (allow_init(&cfg.allow) != 0)
+        return 1;
+    if (parse_args(argc, argv) != 0) {
+        allow_free(&cfg.allow);
         return 2;
+    }
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&state_cond, &ca);
@@ -519,6 +548,7 @@ int main(int argc, char **argv)
         exit_code = exit_code ? exit_code : 1;
     pthread_mutex_unlock(&state_lock);
     SSL_CTX_free(cfg.tls);
+    allow_free(&cfg.allow);
     log_info("ev=exit code=%d", exit_code);
     return exit_code;
 }

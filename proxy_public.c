@@ -39,7 +39,9 @@ static struct {
     char *token;
     SSL_CTX *tls;
     char fingerprint[TLS_FP_LEN];
-} cfg = {.state_dir = "proxy_state"};
+    struct registry_limits limits;
+} cfg = {.state_dir = "proxy_state",
+         .limits = {.max_conns = 20000, .max_conns_per_app = 10000, .max_conns_per_private = 10000}};
 
 static _Atomic int stopping;
 static _Atomic int tunnel_threads;
@@ -61,6 +63,9 @@ static void usage(FILE *f)
             "  --cert FILE --key FILE\n"
             "                       TLS certificate (PEM, chain allowed) and key to use\n"
             "                       instead of the self-signed pair made in STATE_DIR\n"
+            "  --max-conns N        connections relayed at once, all apps (default 20000)\n"
+            "  --max-conns-per-app N            per app (default 10000)\n"
+            "  --max-conns-per-private N        per private proxy (default 10000)\n"
             "  --web-https          serve the web port over HTTPS with the same certificate\n"
             "  --insecure-plaintext no TLS on the tunnel (trusted networks, benchmarks);\n"
             "                       proxy_private must say --insecure-plaintext too\n"
@@ -117,6 +122,22 @@ static int parse_args(int argc, char **argv)
                 cfg.bind_addr = v;
             } else if (strcmp(a, "--token") == 0) {
                 cfg.token_arg = v;
+            } else if (strcmp(a, "--max-conns") == 0 || strcmp(a, "--max-conns-per-app") == 0 ||
+                       strcmp(a, "--max-conns-per-private") == 0) {
+                char *end;
+                long n;
+                errno = 0;
+                n = strtol(v, &end, 10);
+                if (errno || end == v || *end || n < 1 || n > 1000000) {
+                    fprintf(stderr, "proxy_public: %s '%s' is not a number from 1 to 1000000\n", a, v);
+                    return -1;
+                }
+                if (strcmp(a, "--max-conns") == 0)
+                    cfg.limits.max_conns = (unsigned)n;
+                else if (strcmp(a, "--max-conns-per-app") == 0)
+                    cfg.limits.max_conns_per_app = (unsigned)n;
+                else
+                    cfg.limits.max_conns_per_private = (unsigned)n;
             } else if (strcmp(a, "--cert") == 0) {
                 cfg.cert_file = v;
             } else if (strcmp(a, "--key") == 0) {
@@ -306,6 +327,7 @@ static void *tunnel_main(void *arg)
         ratelimit_success(ip);
     }
     snprintf(name, sizeof(name), "%s", json_string_value(json_object_get(p.json, "name")));
+    tunnel_set_name(t, name);
     tunnel_set_peer_window(t, (uint32_t)json_integer_value(json_object_get(p.json, "window")));
     registry_private_up(name, t, addr);
     up = 1;
@@ -421,8 +443,8 @@ int main(int argc, char **argv)
         if (made)
             log_info("ev=tls_certificate_created dir=%s", cfg.state_dir);
     }
-    if (registry_init(cfg.state_dir, cfg.bind_addr, cfg.tunnel_port, cfg.web_port, err,
-                      sizeof(err)) != 0) {
+    if (registry_init(cfg.state_dir, cfg.bind_addr, cfg.tunnel_port, cfg.web_port, &cfg.limits,
+                      err, sizeof(err)) != 0) {
         fprintf(stderr, "proxy_public: %s\n", err);
         goto out;
     }

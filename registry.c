@@ -55,6 +55,7 @@ static struct {
     char bind_addr[64];
     int tunnel_port, web_port;
     time_t started;
+    struct registry_limits limits;
     _Atomic int acceptors;
 } reg = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
@@ -148,11 +149,28 @@ static void refuse_client(struct app *a, int fd, const char *why)
     close(fd);
 }
 
+/* Which connection limit, if any, a new client of a would break. Under reg.lock. */
+static const char *over_limit_locked(const struct app *a, struct tunnel *t)
+{
+    uint64_t total = 0;
+
+    if (a->stats->active >= reg.limits.max_conns_per_app)
+        return "too many connections to this app (--max-conns-per-app)";
+    if (tunnel_conn_count(t) >= reg.limits.max_conns_per_private)
+        return "too many connections through this private proxy (--max-conns-per-private)";
+    for (struct app *o = reg.apps; o; o = o->next)
+        total += o->stats->active;
+    if (total >= reg.limits.max_conns)
+        return "too many connections in total (--max-conns)";
+    return NULL;
+}
+
 static void handle_client(struct app *a, int fd)
 {
     struct tunnel *t = NULL;
     struct app_spec s;
     struct priv *p;
+    const char *limit = NULL;
 
     pthread_mutex_lock(&reg.lock);
     s = a->spec;
@@ -160,10 +178,17 @@ static void handle_client(struct app *a, int fd)
     if (p && p->t && !tunnel_is_dead(p->t)) {
         t = p->t;
         tunnel_ref(t);
+        limit = over_limit_locked(a, t);
     }
     pthread_mutex_unlock(&reg.lock);
     if (!t) {
         refuse_client(a, fd, "private proxy offline");
+        return;
+    }
+    if (limit) {
+        a->stats->refused++;
+        refuse_client(a, fd, limit);
+        tunnel_unref(t);
         return;
     }
     if (log_enabled(LOG_LVL_DEBUG)) {
@@ -516,6 +541,7 @@ json_t *registry_list(void)
         json_object_set_new(o, "active_connections", json_integer((json_int_t)a->stats->active));
         json_object_set_new(o, "total_connections", json_integer((json_int_t)a->stats->total));
         json_object_set_new(o, "failed_connections", json_integer((json_int_t)a->stats->failures));
+        json_object_set_new(o, "refused_connections", json_integer((json_int_t)a->stats->refused));
         json_object_set_new(o, "bytes_in", json_integer((json_int_t)a->stats->bytes_in));
         json_object_set_new(o, "bytes_out", json_integer((json_int_t)a->stats->bytes_out));
         json_array_append_new(apps, o);
@@ -538,7 +564,9 @@ char *registry_metrics(void)
         {"nat_app_connections_active", "gauge", "Client connections open now."},
         {"nat_app_connections_total", "counter", "Client connections accepted and relayed."},
         {"nat_app_connection_failures_total", "counter",
-         "Client connections that could not be relayed (offline, refused, timed out)."},
+         "Client connections that could not be relayed (offline, refused, timed out, limits)."},
+        {"nat_app_connections_refused_total", "counter",
+         "Client connections turned away by a connection limit."},
     };
 
     if (!f)
@@ -552,7 +580,8 @@ char *registry_metrics(void)
                          : m == 1 ? a->stats->bytes_out
                          : m == 2 ? a->stats->active
                          : m == 3 ? a->stats->total
-                                  : a->stats->failures;
+                         : m == 4 ? a->stats->failures
+                                  : a->stats->refused;
             fprintf(f, "%s{app=\"%s\"} %llu\n", app_metrics[m].name, a->spec.name,
                     (unsigned long long)v);
         }
@@ -639,7 +668,7 @@ void registry_private_down(const char *name, struct tunnel *t)
 /* ----------------------------------------------------------- lifecycle */
 
 int registry_init(const char *state_dir, const char *bind_addr, int tunnel_port, int web_port,
-                  char *err, size_t errlen)
+                  const struct registry_limits *limits, char *err, size_t errlen)
 {
     json_error_t jerr;
     json_t *root = NULL, *v;
@@ -651,6 +680,7 @@ int registry_init(const char *state_dir, const char *bind_addr, int tunnel_port,
     snprintf(reg.bind_addr, sizeof(reg.bind_addr), "%s", bind_addr ? bind_addr : "");
     reg.tunnel_port = tunnel_port;
     reg.web_port = web_port;
+    reg.limits = *limits;
     reg.started = time(NULL);
 
     text = state_read(state_dir, STATE_FILE, STATE_MAX_BYTES, &len, err, errlen);

@@ -20,9 +20,17 @@ struct app_spec {
     char private_name[PKT_NAME_MAX + 1];   /* empty: the only known private */
 };
 
+/* Connection limits: a client over any of them is closed at once, logged and
+ * counted (refused_connections). */
+struct registry_limits {
+    unsigned max_conns;             /* all apps together */
+    unsigned max_conns_per_app;
+    unsigned max_conns_per_private;
+};
+
 /* Load STATE_DIR/apps.json and start listening for its apps. */
 int registry_init(const char *state_dir, const char *bind_addr, int tunnel_port, int web_port,
-                  char *err, size_t errlen);
+                  const struct registry_limits *limits, char *err, size_t errlen);
 /* Close every listener, end every tunnel, wait for them, free everything. */
 void registry_shutdown(void);
 

@@ -54,6 +54,8 @@ struct conn {
     struct app_stats *stats;    /* public side only; holds a reference */
     char *host;                 /* private side: target to dial */
     int port;
+    conn_dial_fn dial;
+    void *dial_arg;
 
     pthread_mutex_t lock;       /* everything below */
     int fd;                     /* owned by the relay thread; -1 once closed */
@@ -211,6 +213,11 @@ void tunnel_unref(struct tunnel *t)
 void tunnel_set_peer_window(struct tunnel *t, uint32_t window)
 {
     t->peer_window = window;
+}
+
+void tunnel_set_name(struct tunnel *t, const char *name)
+{
+    snprintf(t->name, sizeof(t->name), "%s", name);
 }
 
 const char *tunnel_name(const struct tunnel *t)
@@ -968,7 +975,7 @@ out:
 static void conn_finish(struct conn *c, int orderly, const char *why)
 {
     struct tunnel *t = c->t;
-    int tell_peer;
+    int tell_peer, connected;
     char esc[64];
 
     pthread_mutex_lock(&c->lock);
@@ -983,6 +990,7 @@ static void conn_finish(struct conn *c, int orderly, const char *why)
     }
     c->thread_running = 0;
     tell_peer = !c->peer_closed && !t->dead;
+    connected = c->connected;
     pthread_mutex_unlock(&c->lock);
 
     conn_remove(t, c);
@@ -992,8 +1000,12 @@ static void conn_finish(struct conn *c, int orderly, const char *why)
                     NULL, 0);
     if (c->stats)
         c->stats->active--;
-    log_debug("ev=conn_closed tunnel=%s conn=%llu reason=\"%s\"", t->name,
-              (unsigned long long)c->id, log_escape(why, esc, sizeof(esc)));
+    if (t->is_public && !connected)
+        log_warn("ev=conn_failed tunnel=%s conn=%llu reason=\"%s\"", t->name,
+                 (unsigned long long)c->id, log_escape(why, esc, sizeof(esc)));
+    else
+        log_debug("ev=conn_closed tunnel=%s conn=%llu reason=\"%s\"", t->name,
+                  (unsigned long long)c->id, log_escape(why, esc, sizeof(esc)));
     conn_unref(c);
 }
 
@@ -1095,7 +1107,7 @@ static void *private_conn_main(void *arg)
     int fd, rc = -1;
 
     conn_thread_begin(c, "relay-priv");
-    fd = net_dial(c->host, c->port, DIAL_TIMEOUT_MS, err, sizeof(err));
+    fd = c->dial(c->host, c->port, DIAL_TIMEOUT_MS, err, sizeof(err), c->dial_arg);
     if (fd < 0) {
         char esc[64];
         log_warn("ev=dial_failed tunnel=%s conn=%llu target=%s:%d err=\"%s\"", c->t->name,
@@ -1118,7 +1130,8 @@ out:
     return NULL;
 }
 
-int conn_start_private(struct tunnel *t, uint64_t id, const char *host, int port)
+int conn_start_private(struct tunnel *t, uint64_t id, const char *host, int port,
+                       conn_dial_fn dial, void *arg)
 {
     struct conn *c = conn_new(t, id, -1);
     int rc;
@@ -1127,6 +1140,8 @@ int conn_start_private(struct tunnel *t, uint64_t id, const char *host, int port
         goto fail;
     c->host = strdup(host);
     c->port = port;
+    c->dial = dial;
+    c->dial_arg = arg;
     if (!c->host || conn_insert(t, c) != 0)
         goto fail;
     rc = thread_spawn(private_conn_main, c);

@@ -31,6 +31,7 @@ struct app_stats {
     _Atomic uint64_t active;
     _Atomic uint64_t total;
     _Atomic uint64_t failures;     /* refused, offline, timed out */
+    _Atomic uint64_t refused;      /* turned away by a connection limit */
 };
 
 struct app_stats *app_stats_new(void);
@@ -53,6 +54,8 @@ struct tunnel *tunnel_new(int fd, SSL *ssl, const char *name, const char *addr, 
 void tunnel_ref(struct tunnel *t);
 void tunnel_unref(struct tunnel *t);
 void tunnel_set_peer_window(struct tunnel *t, uint32_t window);
+/* Name the tunnel after its private proxy; only before it carries connections. */
+void tunnel_set_name(struct tunnel *t, const char *name);
 const char *tunnel_name(const struct tunnel *t);
 const char *tunnel_addr(const struct tunnel *t);
 int tunnel_is_dead(const struct tunnel *t);
@@ -92,8 +95,13 @@ unsigned tunnel_conn_count(struct tunnel *t);
 int conn_start_public(struct tunnel *t, int client_fd, const char *app, const char *host,
                       int port, struct app_stats *stats);
 
-/* Private side: dial host:port for connection id and relay it. 0 or -1 (then a
- * CLOSE has been sent). */
-int conn_start_private(struct tunnel *t, uint64_t id, const char *host, int port);
+/* How the private side dials a target: a blocking fd, or -1 with err. */
+typedef int (*conn_dial_fn)(const char *host, int port, int timeout_ms, char *err, size_t errlen,
+                            void *arg);
+
+/* Private side: dial host:port with dial(arg) for connection id and relay it.
+ * 0 or -1 (then a CLOSE has been sent). */
+int conn_start_private(struct tunnel *t, uint64_t id, const char *host, int port,
+                       conn_dial_fn dial, void *arg);
 
 #endif

@@ -1,0 +1,221 @@
+/* allow.c - the private side's allowlist of dial targets (see allow.h). */
+
+#include "allow.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "netio.h"
+#include "packet.h"
+
+struct allow_rule {
+    int is_host;                     /* exact host name / address string */
+    char host[PKT_HOST_MAX + 1];
+    int family;                      /* CIDR: AF_INET or AF_INET6 */
+    unsigned char addr[16];
+    int prefix;
+    int port_lo, port_hi;
+};
+
+int allow_init(struct allowlist *al)
+{
+    memset(al, 0, sizeof(*al));
+    al->rules = calloc(ALLOW_MAX, sizeof(*al->rules));
+    return al->rules ? 0 : -1;
+}
+
+void allow_free(struct allowlist *al)
+{
+    free(al->rules);
+    al->rules = NULL;
+}
+
+static int parse_port_range(const char *s, int *lo, int *hi)
+{
+    char *end;
+    long a, b;
+
+    errno = 0;
+    a = strtol(s, &end, 10);
+    if (errno || end == s || a < 1 || a > 65535)
+        return -1;
+    b = a;
+    if (*end == '-') {
+        const char *s2 = end + 1;
+        b = strtol(s2, &end, 10);
+        if (errno || end == s2 || b < a || b > 65535)
+            return -1;
+    }
+    if (*end)
+        return -1;
+    *lo = (int)a;
+    *hi = (int)b;
+    return 0;
+}
+
+int allow_add_target(struct allowlist *al, const char *host, int port)
+{
+    struct allow_rule *r;
+
+    if (al->n >= ALLOW_MAX || !pkt_valid_host(host))
+        return -1;
+    r = &al->rules[al->n++];
+    memset(r, 0, sizeof(*r));
+    r->is_host = 1;
+    snprintf(r->host, sizeof(r->host), "%s", host);
+    r->port_lo = r->port_hi = port;
+    return 0;
+}
+
+void allow_add_loopback(struct allowlist *al)
+{
+    char err[64];
+
+    allow_add(al, "127.0.0.0/8:1-65535", err, sizeof(err));
+    allow_add(al, "::1/128:1-65535", err, sizeof(err));
+}
+
+int allow_add(struct allowlist *al, const char *arg, char *err, size_t errlen)
+{
+    char buf[300];
+    char *colon, *slash, *host;
+    struct allow_rule r;
+
+    memset(&r, 0, sizeof(r));
+    if (strcmp(arg, "any") == 0) {
+        al->any = 1;
+        return 0;
+    }
+    if (al->n >= ALLOW_MAX) {
+        snprintf(err, errlen, "at most %d --allow rules", ALLOW_MAX);
+        return -1;
+    }
+    if (strlen(arg) >= sizeof(buf))
+        goto bad;
+    strcpy(buf, arg);
+    colon = strrchr(buf, ':'); /* the port part comes after the last colon */
+    if (!colon)
+        goto bad;
+    *colon = '\0';
+    if (parse_port_range(colon + 1, &r.port_lo, &r.port_hi) != 0)
+        goto bad;
+    host = buf;
+    if (host[0] == '[' && host[strlen(host) - 1] == ']') {
+        host[strlen(host) - 1] = '\0';
+        host++;
+    }
+    slash = strchr(host, '/');
+    if (slash) {
+        char *end;
+        long prefix;
+        *slash = '\0';
+        if (inet_pton(AF_INET, host, r.addr) == 1)
+            r.family = AF_INET;
+        else if (inet_pton(AF_INET6, host, r.addr) == 1)
+            r.family = AF_INET6;
+        else
+            goto bad;
+        errno = 0;
+        prefix = strtol(slash + 1, &end, 10);
+        if (errno || end == slash + 1 || *end || prefix < 0 ||
+            prefix > (r.family == AF_INET ? 32 : 128))
+            goto bad;
+        r.prefix = (int)prefix;
+    } else {
+        if (!pkt_valid_host(host))
+            goto bad;
+        r.is_host = 1;
+        snprintf(r.host, sizeof(r.host), "%.253s", host);
+    }
+    al->rules[al->n++] = r;
+    return 0;
+bad:
+    snprintf(err, errlen, "--allow '%s' is not HOST:PORT, CIDR:PORT[-PORT] or 'any'", arg);
+    return -1;
+}
+
+static int prefix_match(const unsigned char *a, const unsigned char *b, int bits)
+{
+    int bytes = bits / 8, rest = bits % 8;
+
+    if (memcmp(a, b, (size_t)bytes) != 0)
+        return 0;
+    if (rest == 0)
+        return 1;
+    return ((a[bytes] ^ b[bytes]) & (0xff << (8 - rest))) == 0;
+}
+
+/* Is this resolved address of host:port allowed? */
+static int allowed(const struct allowlist *al, const char *host, int port, const struct sockaddr *sa)
+{
+    const unsigned char *ip = NULL;
+    unsigned char mapped[4];
+    int family = sa->sa_family;
+
+    if (al->any)
+        return 1;
+    if (family == AF_INET) {
+        ip = (const unsigned char *)&((const struct sockaddr_in *)sa)->sin_addr;
+    } else if (family == AF_INET6) {
+        const struct in6_addr *a6 = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+        ip = a6->s6_addr;
+        if (IN6_IS_ADDR_V4MAPPED(a6)) { /* judge ::ffff:a.b.c.d as a.b.c.d */
+            memcpy(mapped, a6->s6_addr + 12, 4);
+            ip = mapped;
+            family = AF_INET;
+        }
+    }
+    for (int i = 0; i < al->n; i++) {
+        const struct allow_rule *r = &al->rules[i];
+        if (port < r->port_lo || port > r->port_hi)
+            continue;
+        if (r->is_host ? strcasecmp(r->host, host) == 0
+                       : (ip && r->family == family && prefix_match(ip, r->addr, r->prefix)))
+            return 1;
+    }
+    return 0;
+}
+
+int allow_dial(const struct allowlist *al, const char *host, int port, int timeout_ms, char *err,
+               size_t errlen)
+{
+    struct addrinfo hints, *res = NULL, *ai;
+    char portstr[16], ipstr[INET6_ADDRSTRLEN];
+    int rc, fd = -1;
+
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV;
+    snprintf(portstr, sizeof(portstr), "%d", port);
+    rc = getaddrinfo(host, portstr, &hints, &res);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot resolve: %s", gai_strerror(rc));
+        return -1;
+    }
+    snprintf(err, errlen, "target not allowed: add --allow %s:%d (or a CIDR rule) to proxy_private",
+             host, port);
+    for (ai = res; ai; ai = ai->ai_next) {
+        if (!allowed(al, host, port, ai->ai_addr))
+            continue;
+        /* Dial exactly the address that was checked, not the name again. */
+        if (ai->ai_family == AF_INET)
+            inet_ntop(AF_INET, &((struct sockaddr_in *)ai->ai_addr)->sin_addr, ipstr, sizeof(ipstr));
+        else
+            inet_ntop(AF_INET6, &((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr, ipstr,
+                      sizeof(ipstr));
+        fd = net_dial(ipstr, port, timeout_ms, err, errlen);
+        if (fd >= 0)
+            break;
+    }
+    freeaddrinfo(res);
+    return fd;
+}

@@ -1,0 +1,42 @@
+#ifndef ALLOW_H
+#define ALLOW_H
+
+/* The private side's allowlist: which targets BUILD_CONNECTION may dial.
+ *
+ * Entries, from --allow (repeatable):
+ *   HOST:PORT         that host name or address and port
+ *   CIDR:PORTRANGE    e.g. 192.168.1.0/24:1-65535, 10.0.0.5/32:22, ::1/128:80-90
+ *   any               everything
+ * With no --allow, the default is loopback (127.0.0.0/8 and ::1, any port) plus
+ * the targets of this proxy's own --register apps: a public side that was taken
+ * over can then reach nothing on the home network that was not offered. */
+
+#include <stddef.h>
+
+#define ALLOW_MAX 64
+
+struct allow_rule;
+
+struct allowlist {
+    int any;
+    int n;
+    struct allow_rule *rules;   /* ALLOW_MAX entries */
+};
+
+int allow_init(struct allowlist *al);
+void allow_free(struct allowlist *al);
+
+/* Add one --allow argument; -1 with err when it cannot be parsed. */
+int allow_add(struct allowlist *al, const char *arg, char *err, size_t errlen);
+/* Add the exact target host:port (used for --register targets). */
+int allow_add_target(struct allowlist *al, const char *host, int port);
+/* Add loopback, any port (the default). */
+void allow_add_loopback(struct allowlist *al);
+
+/* Resolve host and connect to the first address the list allows, within
+ * timeout_ms. Returns a blocking fd, or -1 with err ("not allowed ..." or the
+ * dial error). */
+int allow_dial(const struct allowlist *al, const char *host, int port, int timeout_ms, char *err,
+               size_t errlen);
+
+#endif
