@@ -95,11 +95,20 @@ END {
     print ""
     print "Ratios: the figure divided by the same figure of `ssh -R` / of the direct path (for"
     print "µs, KiB and CPU seconds lower is better). CPU is utime+stime from /proc/PID/stat of the"
-    print "relay processes (sshd and all its children for ssh -R), over both bulk transfers."
+    print "relay processes (sshd and all its children for ssh -R), over all the bulk transfers."
     print "RSS is the VmRSS growth of each side while the connections are held, divided by the"
     print "number held."
     print ""
 
+    print "Rounds (bulk, ping-pong, new connections; the table shows the median):"
+    print ""
+    for (i = 1; i <= npaths; i++) {
+        p = P[i]
+        if (!has(p ".bulk_up.rounds") && !has(p ".p50.rounds") && !has(p ".cps.rounds")) continue
+        print "- " L[i] ": bulk up " R[p ".bulk_up.rounds"] "; bulk down " R[p ".bulk_down.rounds"] \
+              "; p50 " R[p ".p50.rounds"] "; p99 " R[p ".p99.rounds"] "; conns/s " R[p ".cps.rounds"]
+    }
+    print ""
     print "## Targets"
     print ""
     # Bulk: judged on both directions.

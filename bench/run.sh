@@ -6,8 +6,11 @@
 #   ssh         `ssh -R` through an unprivileged OpenSSH sshd (chacha20-poly1305)
 # and prints a Markdown table (also saved to bench/results/latest.md).
 #
-# Knobs (environment): BENCH_BULK_SECONDS (5), BENCH_PINGPONG_ROUNDS (10000),
-# BENCH_CONNRATE_SECONDS (3), BENCH_HOLD (10000), BENCH_PATHS ("direct ssh plain tls"),
+# Bulk, ping-pong and connection rate run BENCH_ROUNDS (3) times, interleaved
+# across the paths, and the table shows the median of the rounds (each round is
+# listed under the table): the machine may be busy with other work.
+# Knobs (environment): BENCH_ROUNDS (3), BENCH_BULK_SECONDS (3), BENCH_PINGPONG_ROUNDS
+# (5000), BENCH_CONNRATE_SECONDS (2), BENCH_HOLD (10000), BENCH_HOLD_INFLIGHT (128), BENCH_PATHS ("direct ssh plain tls"),
 # BENCH_TLS_PUB_ARGS / BENCH_TLS_PRIV_ARGS (extra flags for the TLS tunnel, e.g.
 # a certificate or a pinned fingerprint, should the TLS mode need them).
 # Logs of every process started are kept in build/bench/logs/.
@@ -16,9 +19,10 @@ set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT" || exit 1
 
-BULK_SECONDS=${BENCH_BULK_SECONDS:-5}
-PP_ROUNDS=${BENCH_PINGPONG_ROUNDS:-10000}
-CR_SECONDS=${BENCH_CONNRATE_SECONDS:-3}
+ROUNDS=${BENCH_ROUNDS:-3}
+BULK_SECONDS=${BENCH_BULK_SECONDS:-3}
+PP_ROUNDS=${BENCH_PINGPONG_ROUNDS:-5000}
+CR_SECONDS=${BENCH_CONNRATE_SECONDS:-2}
 CR_PARALLEL=8
 HOLD_N=${BENCH_HOLD:-10000}
 HOLD_INFLIGHT=${BENCH_HOLD_INFLIGHT:-128}
@@ -37,6 +41,7 @@ MADE_PRIVSEP_DIR=0
 log() { printf 'bench: %s\n' "$*" >&2; }
 note() { printf '%s\n' "$*" >>"$TMP/notes"; log "$*"; }
 put() { printf '%s=%s\n' "$1" "$2" >>"$TMP/results"; }
+rec() { printf '%s\n' "$3" >>"$TMP/v.$1.$2"; } # rec PATH METRIC VALUE: one round's figure
 
 # stop PID...: SIGTERM the processes and all their descendants, SIGKILL what is
 # still there after 3 s. Only pids this script started (and their children).
@@ -208,7 +213,7 @@ bulk() {
         >"$LOGDIR/$path-iperf-$dir.json" 2>&1
     set -- $(iperf_parse "$LOGDIR/$path-iperf-$dir.json")
     if [ $# = 2 ]; then
-        put "$path.bulk_$dir" "$2"
+        rec "$path" "bulk_$dir" "$2"
         eval "BYTES_$path=\$((BYTES_$path + $1))"
         log "$path: bulk $dir $2 Mbit/s"
     else
@@ -222,8 +227,8 @@ pingpong() {
     out=$(timeout 120 "$TB" pingpong 127.0.0.1 "$eport" "$PP_ROUNDS" 64 2>>"$LOGDIR/$path-pingpong.log")
     set -- $out
     if [ $# = 2 ]; then
-        put "$path.p50" "$1"
-        put "$path.p99" "$2"
+        rec "$path" p50 "$1"
+        rec "$path" p99 "$2"
         log "$path: ping-pong p50 $1 us, p99 $2 us"
     else
         note "$path: ping-pong failed: $(tail -n 1 "$LOGDIR/$path-pingpong.log")"
@@ -237,7 +242,7 @@ connrate() {
         2>>"$LOGDIR/$path-connrate.log")
     set -- $out
     if [ $# = 3 ]; then
-        put "$path.cps" "$1"
+        rec "$path" cps "$1"
         [ "$3" != 0 ] && note "$path: $3 of $(($2 + $3)) new connections failed"
         log "$path: $1 new connections/s ($2 ok, $3 failed)"
     else
@@ -431,8 +436,22 @@ for p in $ACTIVE; do
     [ -n "$pub" ] && eval "CPU0_PUB_$p=\$(cpu_of \$pub)"
     [ -n "$priv" ] && eval "CPU0_PRIV_$p=\$(cpu_of \$priv)"
 done
-for dir in up down; do
-    for p in $ACTIVE; do bulk "$p" $dir; done
+r=1
+while [ $r -le "$ROUNDS" ]; do
+    log "round $r of $ROUNDS"
+    for dir in up down; do
+        for p in $ACTIVE; do bulk "$p" $dir; done
+    done
+    for p in $ACTIVE; do pingpong "$p"; done
+    for p in $ACTIVE; do connrate "$p"; done
+    r=$((r + 1))
+done
+# The median of the rounds goes in the table; every round is listed too.
+for f in "$TMP"/v.*; do
+    [ -f "$f" ] || continue
+    key=${f#"$TMP"/v.}
+    put "$key" "$(sort -n "$f" | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }')"
+    put "$key.rounds" "$(tr '\n' ' ' <"$f" | sed 's/ $//')"
 done
 # CPU per GiB: each path's relays only work during that path's transfers.
 for p in $ACTIVE; do
@@ -448,8 +467,6 @@ for p in $ACTIVE; do
         put "$p.cpu_priv" "$(echo "$c0 $(cpu_of $priv) $bytes" | awk '{ printf "%.3f", ($2 - $1) / ($3 / 1073741824) }')"
     fi
 done
-for p in $ACTIVE; do pingpong "$p"; done
-for p in $ACTIVE; do connrate "$p"; done
 for p in $ACTIVE; do hold "$p"; done
 
 # A relay that died during the run is worth knowing about.
@@ -467,7 +484,7 @@ PIDS=""
 if [ $HAS_TLS = 1 ]; then plain_label="tunnel, plaintext (--insecure-plaintext)"
 else plain_label="tunnel, plaintext (only mode today)"; fi
 awk -v date="$(date -u '+%Y-%m-%d %H:%M:%S UTC')" -v nproc="$(nproc)" \
-    -v cmd="make bench (sh bench/run.sh; bulk ${BULK_SECONDS} s each way, ${PP_ROUNDS} ping-pongs, connrate ${CR_SECONDS} s x ${CR_PARALLEL}, hold ${HOLD_N})" \
+    -v cmd="make bench (sh bench/run.sh; median of $ROUNDS interleaved rounds of: iperf3 ${BULK_SECONDS} s each way, ${PP_ROUNDS} ping-pongs, connrate ${CR_SECONDS} s x ${CR_PARALLEL}; then hold ${HOLD_N})" \
     -v host="$(uname -srm)" -v load0="$LOAD0" -v load="$(cut -d" " -f1-3 /proc/loadavg)" -v elapsed=$(($(date +%s) - START_TIME)) \
     -v hold_n="$HOLD_N" -v plain_label="$plain_label" -v notes_file="$TMP/notes" \
     -f bench/report.awk "$TMP/results" >"$TMP/latest.md"
