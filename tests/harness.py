@@ -25,6 +25,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -49,6 +50,8 @@ BIN_DIR = os.environ.get("BIN_DIR") or (
 # PROXY_EXTRA_ARGS=--insecure-plaintext to run the suite without it.
 COMMON_ARGS = []
 EXTRA_ARGS = COMMON_ARGS + shlex.split(os.environ.get("PROXY_EXTRA_ARGS", ""))
+# Whether the tunnel speaks TLS (the default) or plaintext frames.
+TLS = "--insecure-plaintext" not in EXTRA_ARGS
 
 # How much slower the sanitizer builds are; every bounded wait is scaled by it.
 SLOW = {"release": 1, "asan": 3, "tsan": 6}[MODE]
@@ -162,12 +165,18 @@ class Proc:
     def log_tail(self, n=30):
         return "\n".join(self.log().splitlines()[-n:])
 
+    def output(self):
+        """The program's own output: the log without the harness's "# " lines."""
+        return "".join(line for line in self.log().splitlines(True)
+                       if not line.startswith("# "))
+
     def wait_log(self, pattern, timeout, start=0):
-        """Wait until the log (from character `start`) matches regex pattern."""
+        """Wait until the program's output (from character `start`) matches regex
+        pattern."""
         rx = re.compile(pattern)
         deadline = time.monotonic() + timeout
         while True:
-            m = rx.search(self.log()[start:])
+            m = rx.search(self.output()[start:])
             if m:
                 return m
             if time.monotonic() > deadline:
@@ -274,11 +283,29 @@ def closed_by_peer(sock, timeout):
             data = sock.recv(65536)
         except socket.timeout:
             continue
-        except (ConnectionResetError, BrokenPipeError):
+        except (ConnectionResetError, BrokenPipeError, ssl.SSLError):
             return True
         if not data:
             return True
     return False
+
+
+def tunnel_socket(port, timeout):
+    """A connection to the tunnel port as a private would open it: TLS 1.3
+    (certificate not checked: the tests look at the frames behind it) unless
+    the suite runs with --insecure-plaintext."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    if not TLS:
+        return s
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    try:
+        return ctx.wrap_socket(s)
+    except BaseException:
+        s.close()
+        raise
 
 
 def frame(header, payload=b""):
@@ -291,7 +318,7 @@ def read_frame(sock):
     """Read one frame; returns (header dict, payload) or None at end of stream."""
     try:
         hdr = recv_exact(sock, 4)
-    except AssertionError:
+    except (AssertionError, ConnectionResetError, ssl.SSLError):
         return None
     (n,) = struct.unpack(">I", hdr)
     if n < 1 or n > 65536:
@@ -337,8 +364,10 @@ def _alarm(signum, frame):
 class ProxyTest(unittest.TestCase):
     """Base class: per-test temp dir, output dir, processes, cleanup, checks."""
 
+    needs_binaries = True
+
     def setUp(self):
-        for b in ("proxy_public", "proxy_private"):
+        for b in ("proxy_public", "proxy_private") if self.needs_binaries else ():
             path = os.path.join(BIN_DIR, b)
             if not os.access(path, os.X_OK):
                 self.fail("%s is missing (build it first: make, or make %s)" % (
@@ -502,9 +531,13 @@ class ProxyTest(unittest.TestCase):
         state = {}
 
         def ok():
-            for p in self.procs:
-                if p.name == "public" and p is getattr(self, "public", None) and not p.alive():
-                    raise AssertionError("public exited:\n" + p.log_tail())
+            pub = getattr(self, "public", None)
+            if pub is not None and not pub.alive():
+                raise AssertionError("public exited:\n" + pub.log_tail())
+            mine = [p for p in self.procs if p.name == "private-" + private]
+            if mine and not mine[-1].alive():
+                raise AssertionError("%s exited with %s:\n%s" % (
+                    mine[-1].name, mine[-1].popen.returncode, mine[-1].log_tail()))
             body = self.list()
             state["last"] = body
             pv = self.find(body.get("privates", []), private)

@@ -1,6 +1,9 @@
 """Hostile bytes on the tunnel port: the public side ends that connection, logs
 why, and keeps serving a good private.  Frames are written by hand from
-docs/PROTOCOL.md: 4-byte big-endian header length, JSON header, payload."""
+docs/PROTOCOL.md: 4-byte big-endian header length, JSON header, payload.
+With TLS on (the default) the frames travel inside a TLS 1.3 session opened by
+Python's ssl module, so that they reach the frame parser; raw garbage is also
+sent on plain TCP, to the TLS layer itself."""
 import json
 import socket
 import struct
@@ -16,7 +19,14 @@ class MalformedTest(ProxyTest):
         self.app_port = self.setup_echo()
 
     def raw(self):
+        """Plain TCP to the tunnel port (below TLS when TLS is on)."""
         s = socket.create_connection(("127.0.0.1", self.tunnel_port), timeout=10 * SLOW)
+        self.addCleanup(s.close)
+        return s
+
+    def tun(self):
+        """A tunnel connection whose bytes reach the frame parser."""
+        s = harness.tunnel_socket(self.tunnel_port, 10 * SLOW)
         self.addCleanup(s.close)
         return s
 
@@ -40,21 +50,28 @@ class MalformedTest(ProxyTest):
         self.assertTrue(harness.closed_by_peer(s, 10 * SLOW),
                         "public did not close the tunnel connection after %s" % what)
 
-    def send_and_expect_close(self, data, what, half_close=False):
-        s = self.raw()
+    def send_and_expect_close(self, data, what, half_close=False, raw=False):
+        s = self.raw() if raw else self.tun()
         try:
             s.sendall(data)
             if half_close:
+                if isinstance(s, harness.ssl.SSLSocket):
+                    s = s.unwrap()  # TLS close_notify, then end of stream
                 s.shutdown(socket.SHUT_WR)
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError, harness.ssl.SSLError):
             pass
         self.expect_closed(s, what)
         s.close()
         self.still_serving(what)
 
     def test_garbage_bytes(self):
-        self.send_and_expect_close(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 10, "HTTP request")
-        self.send_and_expect_close(bytes(range(256)) * 64, "binary garbage")
+        for raw in (True, False):
+            self.send_and_expect_close(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 10,
+                                       "HTTP request (raw=%s)" % raw, raw=raw)
+            self.send_and_expect_close(bytes(range(256)) * 64,
+                                       "binary garbage (raw=%s)" % raw, raw=raw)
+        self.send_and_expect_close(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+                                   "truncated TLS ClientHello", half_close=True, raw=True)
 
     def test_huge_length(self):
         self.send_and_expect_close(struct.pack(">I", 0xFFFFFFFF) + b"{}", "length 0xFFFFFFFF")
@@ -74,7 +91,7 @@ class MalformedTest(ProxyTest):
             self.send_and_expect_close(frame(bad), "header %r" % bad)
 
     def test_hello_bad_version(self):
-        s = self.raw()
+        s = self.tun()
         s.sendall(frame(self.hello(version=2)))
         f = read_frame(s)
         if f is not None:
@@ -82,12 +99,12 @@ class MalformedTest(ProxyTest):
             self.assertEqual(h.get("op"), OP_ERROR, "answer to a bad version: %r" % h)
             self.assertEqual(h.get("code"), "bad_version", h)
         self.expect_closed(s, "HELLO with version 2")
-        self.public.wait_log(r"(?i)version", 10 * SLOW)
+        self.public.wait_log(r"(?im)^.*lvl=(warn|error).*version.*$", 10 * SLOW)
         self.still_serving("HELLO with version 2")
         self.assertIsNone(self.find(self.list()["privates"], "evil"))
 
     def test_hello_bad_token(self):
-        s = self.raw()
+        s = self.tun()
         s.sendall(frame(self.hello(token="x" * 32)))
         f = read_frame(s)
         if f is not None:
@@ -113,7 +130,7 @@ class MalformedTest(ProxyTest):
             (frame(b"garbage"), "non-JSON header"),
         ]
         for data, what in cases:
-            s = self.raw()
+            s = self.tun()
             s.sendall(frame(self.hello()))
             f = read_frame(s)
             self.assertIsNotNone(f, "no WELCOME for a good HELLO")
@@ -121,7 +138,7 @@ class MalformedTest(ProxyTest):
             self.assertEqual(f[0].get("version"), 1, f)
             try:
                 s.sendall(data)
-            except (BrokenPipeError, ConnectionResetError):
+            except (BrokenPipeError, ConnectionResetError, harness.ssl.SSLError):
                 pass
             self.expect_closed(s, what)
             s.close()
