@@ -10,7 +10,10 @@
  * takes the place of the oldest one that has not yet sent a whole request head);
  * the TLS handshake and the request head must arrive within
  * WEB_TLS_HEAD_TIMEOUT_MS; then WEB_TLS_IDLE_MS without progress, or
- * WEB_TLS_MAX_LIFE_MS in all, end a connection. */
+ * WEB_TLS_MAX_LIFE_MS in all, end a connection.
+ *
+ * OpenSSL writes to the socket with write(): SIGPIPE must be ignored before
+ * web_tls_run() (tunnel_global_init() does). */
 
 #include <openssl/ssl.h>
 #include <stddef.h>
