@@ -13,6 +13,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -189,24 +190,115 @@ void net_peer_str(int fd, char *out, size_t cap)
     snprintf(out, cap, "%s:%d", host, port);
 }
 
+/* Threads are kept for a while after their job ends and given the next job:
+ * still one thread per connection, but a burst of short connections does not
+ * pay for creating and tearing down a thread (and its stack) each time. */
+#define POOL_MAX_IDLE 256
+#define POOL_IDLE_MS 10000
+
+struct worker {
+    pthread_cond_t cv;
+    void *(*fn)(void *);         /* the job; NULL while parked */
+    void *arg;
+    struct worker *next;         /* in the idle list */
+};
+
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct worker *pool_idle;
+static unsigned pool_nidle;
+
+static void pool_unlink_locked(struct worker *w)
+{
+    for (struct worker **pp = &pool_idle; *pp; pp = &(*pp)->next) {
+        if (*pp == w) {
+            *pp = w->next;
+            pool_nidle--;
+            return;
+        }
+    }
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+
+    for (;;) {
+        struct timespec ts;
+        w->fn(w->arg);
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_sec += POOL_IDLE_MS / 1000;
+        pthread_mutex_lock(&pool_lock);
+        if (pool_nidle >= POOL_MAX_IDLE) {
+            pthread_mutex_unlock(&pool_lock);
+            break;
+        }
+        w->fn = NULL;
+        w->next = pool_idle;
+        pool_idle = w;
+        pool_nidle++;
+        while (!w->fn) {
+            if (pthread_cond_timedwait(&w->cv, &pool_lock, &ts) != 0 && !w->fn) {
+                pool_unlink_locked(w);
+                break;
+            }
+        }
+        if (!w->fn) {
+            pthread_mutex_unlock(&pool_lock);
+            break;
+        }
+        pthread_mutex_unlock(&pool_lock);
+    }
+    pthread_cond_destroy(&w->cv);
+    free(w);
+    return NULL;
+}
+
 int thread_spawn(void *(*fn)(void *), void *arg)
 {
     pthread_attr_t attr;
+    pthread_condattr_t ca;
     pthread_t tid;
     size_t stack = THREAD_STACK_SIZE;
+    struct worker *w;
     int rc;
 
+    pthread_mutex_lock(&pool_lock);
+    w = pool_idle;
+    if (w) {
+        pool_idle = w->next;
+        pool_nidle--;
+        w->fn = fn;
+        w->arg = arg;
+        pthread_cond_signal(&w->cv);
+    }
+    pthread_mutex_unlock(&pool_lock);
+    if (w)
+        return 0;
+
+    w = calloc(1, sizeof(*w));
+    if (!w)
+        return ENOMEM;
+    w->fn = fn;
+    w->arg = arg;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&w->cv, &ca);
+    pthread_condattr_destroy(&ca);
     if (stack < (size_t)PTHREAD_STACK_MIN)
         stack = (size_t)PTHREAD_STACK_MIN;
     rc = pthread_attr_init(&attr);
-    if (rc != 0)
-        return rc;
-    rc = pthread_attr_setstacksize(&attr, stack);
-    if (rc == 0)
-        rc = pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    if (rc == 0)
-        rc = pthread_create(&tid, &attr, fn, arg);
-    pthread_attr_destroy(&attr);
+    if (rc == 0) {
+        rc = pthread_attr_setstacksize(&attr, stack);
+        if (rc == 0)
+            rc = pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        if (rc == 0)
+            rc = pthread_create(&tid, &attr, worker_main, w);
+        pthread_attr_destroy(&attr);
+    }
+    if (rc != 0) {
+        pthread_cond_destroy(&w->cv);
+        free(w);
+    }
     return rc;
 }
 

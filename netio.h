@@ -39,8 +39,9 @@ int net_set_nonblock(int fd, int on);
 /* "ip:port" of the peer of fd, or "?" */
 void net_peer_str(int fd, char *out, size_t cap);
 
-/* Start fn(arg) on a detached thread with THREAD_STACK_SIZE stack and SIGINT,
- * SIGTERM and SIGUSR1 blocked. 0 on success, else an error number. */
+/* Run fn(arg) on its own detached thread (THREAD_STACK_SIZE stack, the
+ * caller's signal mask): a parked thread from an earlier job when there is one,
+ * else a new one. 0 on success, else an error number. */
 int thread_spawn(void *(*fn)(void *), void *arg);
 
 /* Raise RLIMIT_NOFILE's soft limit to its hard limit; returns the new soft limit. */

@@ -888,7 +888,10 @@ static int relay(struct conn *c, const char **why)
         }
         if (c->inflight < t->peer_window)
             room = t->peer_window - c->inflight;
-        want_read = c->connected && !local_eof && room > 0;
+        /* The public side reads its client before CONNECTED: the private side
+         * holds that data until the target answers, which saves a round trip
+         * for protocols where the client speaks first. */
+        want_read = !local_eof && room > 0;
         if (want_read)
             pfd.events |= POLLIN;
         if (c->qhead)
