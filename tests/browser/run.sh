@@ -6,9 +6,9 @@
 #
 # Environment:
 #   BIN_DIR       where proxy_public and proxy_private are (default: the repo top)
-#   PROXY_EXTRA_ARGS  extra flags given to BOTH proxies (e.g. --insecure-plaintext once
-#                 TLS is the default), as in tests/harness.py; COMMON_ARGS below is the one
-#                 place to add them for good
+#   PROXY_EXTRA_ARGS  extra flags given to BOTH proxies (e.g. --insecure-plaintext: the
+#                 tunnel is TLS by default), as in tests/harness.py; COMMON_ARGS below is
+#                 the one place to add them for good
 #   PUBLIC_FLAGS  extra flags for proxy_public only;  PRIVATE_FLAGS: for proxy_private only
 #   CHROMIUM      the browser (default /usr/bin/chromium; installed with apt-get when
 #                 missing and running as root)
@@ -21,7 +21,7 @@ top=$(cd "$(dirname "$0")/../.." && pwd)
 here=$top/tests/browser
 BIN_DIR=${BIN_DIR:-$top}
 case $BIN_DIR in /*) ;; *) BIN_DIR=$top/$BIN_DIR ;; esac
-# Flags for both programs, in one place (e.g. "--insecure-plaintext" once TLS is the default).
+# Flags for both programs, in one place (e.g. "--insecure-plaintext" to run without TLS).
 COMMON_ARGS=""
 PROXY_EXTRA_ARGS=${PROXY_EXTRA_ARGS:-}
 PUBLIC_FLAGS=${PUBLIC_FLAGS:-}
@@ -130,9 +130,12 @@ say "tunnel port $tunnel_port, web port $web_port, app port $app_port, binaries 
     --bind 127.0.0.1 $COMMON_ARGS $PROXY_EXTRA_ARGS $PUBLIC_FLAGS >"$out/public.log" 2>&1 &
 public_pid=$!
 pids="$pids $public_pid"
+# The tunnel is TLS by default: the private side trusts the public side's self-signed
+# certificate on first use, kept in a known-hosts file of this run only (a port reused
+# by another run's server must never look like a changed certificate).
 # shellcheck disable=SC2086
 "$BIN_DIR/proxy_private" 127.0.0.1 "$tunnel_port" --token "$token" --name home \
-    $COMMON_ARGS $PROXY_EXTRA_ARGS $PRIVATE_FLAGS >"$out/private.log" 2>&1 &
+    --known-hosts "$work/known_hosts" $COMMON_ARGS $PROXY_EXTRA_ARGS $PRIVATE_FLAGS >"$out/private.log" 2>&1 &
 private_pid=$!
 pids="$pids $private_pid"
 
