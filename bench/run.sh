@@ -10,7 +10,9 @@
 # across the paths, and the table shows the median of the rounds (each round is
 # listed under the table): the machine may be busy with other work.
 # Knobs (environment): BENCH_ROUNDS (3), BENCH_BULK_SECONDS (3), BENCH_PINGPONG_ROUNDS
-# (5000), BENCH_CONNRATE_SECONDS (2), BENCH_HOLD (10000), BENCH_HOLD_INFLIGHT (128), BENCH_PATHS ("direct ssh plain tls"),
+# (5000), BENCH_CONNRATE_SECONDS (2), BENCH_HOLD (10000), BENCH_HOLD_INFLIGHT (128),
+# BENCH_HOLD_SECONDS (150: give up opening after that; ssh -R needs ~60 s for 10,000
+# on an idle 2-core machine, its per-channel cost grows with the channels open), BENCH_PATHS ("direct ssh plain tls"),
 # BENCH_TLS_PUB_ARGS / BENCH_TLS_PRIV_ARGS (extra flags for the TLS tunnel, e.g.
 # a certificate or a pinned fingerprint, should the TLS mode need them).
 # Logs of every process started are kept in build/bench/logs/.
@@ -26,6 +28,7 @@ CR_SECONDS=${BENCH_CONNRATE_SECONDS:-2}
 CR_PARALLEL=8
 HOLD_N=${BENCH_HOLD:-10000}
 HOLD_INFLIGHT=${BENCH_HOLD_INFLIGHT:-128}
+HOLD_SECONDS=${BENCH_HOLD_SECONDS:-150}
 PATHS=${BENCH_PATHS:-direct ssh plain tls}
 TOKEN="bench-$$-token"
 TB="$ROOT/build/bench/tcpbench"
@@ -259,13 +262,13 @@ hold() {
     [ -n "$priv" ] && rss_priv0=$(rss_of $priv)
     rm -f "$TMP/holdin" "$TMP/hold.out"
     mkfifo "$TMP/holdin" || exit 1
-    "$TB" hold 127.0.0.1 "$eport" "$HOLD_N" "$HOLD_INFLIGHT" <"$TMP/holdin" >"$TMP/hold.out" 2>"$LOGDIR/$path-hold.log" &
+    "$TB" hold 127.0.0.1 "$eport" "$HOLD_N" "$HOLD_INFLIGHT" "$HOLD_SECONDS" <"$TMP/holdin" >"$TMP/hold.out" 2>"$LOGDIR/$path-hold.log" &
     hold_pid=$!
     PIDS="$PIDS $hold_pid"
     exec 3>"$TMP/holdin"
     t0=$(date +%s)
     i=0
-    while [ $i -lt 2000 ] && ! grep -q '^held=' "$TMP/hold.out" && kill -0 $hold_pid 2>/dev/null; do
+    while [ $i -lt $((HOLD_SECONDS * 10 + 300)) ] && ! grep -q '^held=' "$TMP/hold.out" && kill -0 $hold_pid 2>/dev/null; do
         sleep 0.1
         i=$((i + 1))
     done
@@ -291,7 +294,7 @@ hold() {
     done
     alive=$(sed -n 's/^alive=\([0-9]*\).*/\1/p' "$TMP/hold.out")
     [ -n "$alive" ] && put "$path.alive" "$alive"
-    [ -n "$held" ] && [ "$held" != "$HOLD_N" ] && note "$path: only $held of $HOLD_N connections held: $(tail -n 1 "$LOGDIR/$path-hold.log")"
+    [ -n "$held" ] && [ "$held" != "$HOLD_N" ] && note "$path: only $held of $HOLD_N connections held: $(tail -n 1 "$LOGDIR/$path-hold.log" | sed 's/^tcpbench: hold: //') (limit ${HOLD_SECONDS} s)"
     [ -n "$held" ] && [ -n "$alive" ] && [ "$alive" != "$held" ] && note "$path: $alive of $held held connections still echoed at the end"
     stop $hold_pid
     forget $hold_pid

@@ -12,8 +12,10 @@
  *   tcpbench connrate HOST PORT SECONDS PARALLEL
  *                                        fresh connections, 1-byte echo each;
  *                                        prints "RATE OK ERRORS"
- *   tcpbench hold HOST PORT N [INFLIGHT] opens N connections (INFLIGHT, default
- *                                        128, being opened at once), echo-checks each,
+ *   tcpbench hold HOST PORT N [INFLIGHT [SECONDS]]
+ *                                        opens N connections (INFLIGHT, default
+ *                                        128, being opened at once; giving up
+ *                                        after SECONDS, default 150), echo-checks each,
  *                                        prints "held=OK failed=F", holds them
  *                                        until stdin closes or SIGINT/SIGTERM,
  *                                        then echo-checks them again and prints
@@ -532,7 +534,7 @@ static int hold_send_tag(int ep, struct hold_conn *c)
     return epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
 }
 
-static int tb_hold(const char *host, long port, long count, long max_inflight)
+static int tb_hold(const char *host, long port, long count, long max_inflight, long open_seconds)
 {
     tb_raise_nofile();
     struct sockaddr_in sa = tb_addr(host, port);
@@ -547,7 +549,7 @@ static int tb_hold(const char *host, long port, long count, long max_inflight)
         conns[i].state = HC_IDLE;
     }
     long next = 0, inflight = 0, held = 0, failed = 0;
-    double deadline = tb_now() + 180.0;
+    double deadline = tb_now() + (double)open_seconds;
     struct epoll_event evs[TB_MAX_EVENTS];
     /* Phase 1: open and echo-check every connection, max_inflight at a time. */
     while ((held + failed) < count && !tb_stop) {
@@ -834,7 +836,7 @@ static void tb_usage(void)
             "usage: tcpbench echo-server PORT\n"
             "       tcpbench pingpong HOST PORT N [SIZE]\n"
             "       tcpbench connrate HOST PORT SECONDS PARALLEL\n"
-            "       tcpbench hold HOST PORT N [INFLIGHT]\n"
+            "       tcpbench hold HOST PORT N [INFLIGHT [SECONDS]]\n"
             "       tcpbench freeport [COUNT]\n"
             "       tcpbench waitport HOST PORT SECONDS\n"
             "       tcpbench pstat PID...\n"
@@ -863,9 +865,10 @@ int main(int argc, char **argv)
     if (strcmp(mode, "connrate") == 0 && argc == 6)
         return tb_connrate(argv[2], tb_num(argv[3], 1, 65535, "port"),
                            tb_num(argv[4], 1, 3600, "seconds"), tb_num(argv[5], 1, 4096, "parallel"));
-    if (strcmp(mode, "hold") == 0 && (argc == 5 || argc == 6))
+    if (strcmp(mode, "hold") == 0 && argc >= 5 && argc <= 7)
         return tb_hold(argv[2], tb_num(argv[3], 1, 65535, "port"), tb_num(argv[4], 1, 1000000, "count"),
-                       argc == 6 ? tb_num(argv[5], 1, 100000, "inflight") : 128);
+                       argc >= 6 ? tb_num(argv[5], 1, 100000, "inflight") : 128,
+                       argc >= 7 ? tb_num(argv[6], 1, 3600, "seconds") : 150);
     if (strcmp(mode, "freeport") == 0 && argc <= 3)
         return tb_freeport(argc == 3 ? tb_num(argv[2], 1, 64, "count") : 1);
     if (strcmp(mode, "waitport") == 0 && argc == 5)
