@@ -1,0 +1,151 @@
+"""TLS on the tunnel (the default): the private pins the public side's
+certificate by fingerprint or trusts it on first use; a wrong or changed
+fingerprint is refused loudly; and on the wire neither the token nor app data
+appear in clear (checked on a tcpdump capture of the tunnel port, with the same
+capture in --insecure-plaintext mode as the control that must show them)."""
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+
+import harness
+from harness import ProxyTest, free_port, SLOW
+from helpers import apps
+
+FP_RE = re.compile(r"fingerprint=([0-9A-F:]{95})")
+
+
+class TlsTest(ProxyTest):
+    def setUp(self):
+        super().setUp()
+        if "--insecure-plaintext" in harness.EXTRA_ARGS:
+            self.skipTest("the suite runs with --insecure-plaintext")
+
+    def public_fingerprint(self):
+        m = self.public.wait_log(r"ev=ready.*fingerprint=[0-9A-F:]{95}", 10 * SLOW)
+        return FP_RE.search(m.group(0)).group(1)
+
+    def private_proc(self, name="home"):
+        return [p for p in self.procs if p.name == "private-" + name][-1]
+
+    def test_pinned_fingerprint_works(self):
+        echo = self.server(apps.EchoServer)
+        self.start_public()
+        fp = self.public_fingerprint()
+        # Also accepted: lower case without colons, with a SHA256: prefix.
+        given = "SHA256:" + fp.replace(":", "").lower()
+        port = free_port()
+        self.start_private(register=["e:%d:127.0.0.1:%d" % (port, echo.port)],
+                           extra=["--fingerprint", given])
+        self.wait_online(apps=["e"])
+        self.echo_roundtrip(port)
+        for f in ("tls.key", "tls.crt"):
+            mode = os.stat(os.path.join(self.state_dir, f)).st_mode & 0o777
+            self.assertEqual(mode, 0o600, "%s has mode %o" % (f, mode))
+
+    def test_wrong_fingerprint_is_refused(self):
+        self.start_public()
+        fp = self.public_fingerprint()
+        wrong = ("00" if not fp.startswith("00") else "11") + fp[2:]
+        p = self.start_private(extra=["--fingerprint", wrong])
+        p.expect_exit = 3
+        m = p.wait_log(r"lvl=error ev=fingerprint_mismatch.*", 15 * SLOW)
+        self.assertIn(wrong, m.group(0))
+        self.assertIn(fp, m.group(0))
+        harness.wait_until(lambda: not p.alive(), 10 * SLOW, "private exits on mismatch")
+        self.assertEqual(p.popen.returncode, 3)
+        self.assertNotIn(self.token, p.output(), "the token was printed")
+        # It never got as far as HELLO: the public saw no private.
+        self.assertEqual(self.list()["privates"], [])
+
+    def test_trust_on_first_use_then_changed_certificate(self):
+        echo = self.server(apps.EchoServer)
+        self.start_public()
+        fp = self.public_fingerprint()
+        port = free_port()
+        self.start_private(register=["e:%d:127.0.0.1:%d" % (port, echo.port)])
+        self.wait_online(apps=["e"])
+        kh = os.path.join(self.tmp, "known_hosts")
+        with open(kh) as f:
+            self.assertIn(fp, f.read())
+        self.private_proc().wait_log(r"ev=fingerprint_learned", 5 * SLOW)
+        self.echo_roundtrip(port)
+        # The public side gets a new certificate (state files removed): the
+        # private must refuse it and stop, saying so.
+        self.assertEqual(self.public.stop(), 0)
+        os.unlink(os.path.join(self.state_dir, "tls.key"))
+        os.unlink(os.path.join(self.state_dir, "tls.crt"))
+        self.start_public(tunnel_port=self.tunnel_port, web_port=self.web_port)
+        new_fp = self.public_fingerprint()
+        self.assertNotEqual(new_fp, fp)
+        priv = self.private_proc()
+        priv.expect_exit = 3
+        m = priv.wait_log(r"lvl=error ev=fingerprint_mismatch.*CHANGED.*", 40 * SLOW)
+        self.assertIn(new_fp, m.group(0))
+        harness.wait_until(lambda: not priv.alive(), 10 * SLOW, "private exits")
+        self.assertEqual(priv.popen.returncode, 3)
+        pv = self.find(self.list()["privates"], "home")
+        self.assertFalse(pv and pv["online"], "private online with a changed certificate")
+
+    def test_plaintext_peer_is_refused_with_a_hint(self):
+        self.start_public()
+        p = self.start_private(extra=["--insecure-plaintext"])
+        p.wait_log(r"ev=(handshake_failed|refused)", 15 * SLOW)
+        self.public.wait_log(r"ev=handshake_failed.*TLS", 15 * SLOW)
+        self.assertTrue(self.public.alive())
+
+
+class WireTest(ProxyTest):
+    """What a capture of the tunnel port shows."""
+
+    def setUp(self):
+        super().setUp()
+        if os.geteuid() != 0 or not shutil.which("tcpdump"):
+            self.skipTest("SKIPPED: the capture test needs root and tcpdump")
+
+    def capture(self, extra):
+        marker = b"APPDATA-" + os.urandom(6).hex().encode() + b"-MARKER"
+        echo = self.server(apps.EchoServer)
+        tport = free_port()
+        pcap = os.path.join(self.tmp, "tunnel.pcap")
+        dump = subprocess.Popen(["tcpdump", "-i", "lo", "-U", "-s", "0", "-w", pcap,
+                                 "tcp port %d" % tport], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        try:
+            # tcpdump says "listening on lo" on stderr once it captures.
+            line = dump.stderr.readline()
+            self.assertIn(b"listening", line)
+            self.start_public(tunnel_port=tport, extra=extra)
+            port = free_port()
+            self.start_private(register=["e:%d:127.0.0.1:%d" % (port, echo.port)],
+                               extra=extra)
+            self.wait_online(apps=["e"])
+            self.echo_roundtrip(port, marker * 50)
+            for p in reversed(self.procs):
+                p.stop()
+        finally:
+            time.sleep(0.5)  # let tcpdump write the last packets (-U: per packet)
+            dump.send_signal(signal.SIGINT)
+            dump.wait(timeout=10)
+        with open(pcap, "rb") as f:
+            data = f.read()
+        self.assertGreater(len(data), 1000, "the capture is empty")
+        return data, marker
+
+    def test_capture_shows_no_secret(self):
+        data, marker = self.capture([])
+        self.assertNotIn(self.token.encode(), data, "the token is readable on the wire")
+        self.assertNotIn(marker, data, "app data is readable on the wire")
+
+    def test_plaintext_capture_shows_them(self):
+        """Control: without TLS the same capture does contain both (so the check
+        above can fail)."""
+        data, marker = self.capture(["--insecure-plaintext"])
+        self.assertIn(self.token.encode(), data)
+        self.assertIn(marker, data)
+
+
+if __name__ == "__main__":
+    harness.main()
