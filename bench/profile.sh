@@ -6,6 +6,8 @@
 #   PROFILE_REVERSE=1 sh bench/profile.sh   # app→client instead
 #   PROFILE_WORKLOAD=conns sh bench/profile.sh  # new-connection churn instead of bulk
 #   PROFILE_TOP=30 PROFILE_ARGS="--insecure-plaintext" ...
+#   PROFILE_TOOL=strace sh bench/profile.sh     # syscall counts per side instead
+#                                               # (callgrind sees no kernel time)
 #
 # The callgrind files stay in build/bench/profile/ for callgrind_annotate or
 # kcachegrind (e.g. `callgrind_annotate --inclusive=yes FILE`, `--tree=caller`).
@@ -19,12 +21,17 @@ SECONDS_RUN=${PROFILE_SECONDS:-10}
 TOP=${PROFILE_TOP:-25}
 WORKLOAD=${PROFILE_WORKLOAD:-bulk}
 EXTRA=${PROFILE_ARGS:-}
+TOOL=${PROFILE_TOOL:-callgrind}
 TOKEN="profile-$$-token"
 TB="$ROOT/build/bench/tcpbench"
 OUT="$ROOT/build/bench/profile"
 
-for c in valgrind callgrind_annotate iperf3 curl; do
-    command -v $c >/dev/null 2>&1 || { echo "profile: missing $c (apt-get install valgrind iperf3 curl)" >&2; exit 1; }
+case $TOOL in
+strace) NEEDS="strace iperf3 curl" ;;
+*) NEEDS="valgrind callgrind_annotate callgrind_control iperf3 curl" ;;
+esac
+for c in $NEEDS; do
+    command -v $c >/dev/null 2>&1 || { echo "profile: missing $c (apt-get install valgrind strace iperf3 curl)" >&2; exit 1; }
 done
 [ -x ./proxy_public ] && [ -x ./proxy_private ] || { echo "profile: run make first" >&2; exit 1; }
 make -s -f bench/Makefile || exit 1
@@ -75,16 +82,29 @@ fi
 APP_PID=$SPAWNED
 "$TB" waitport 127.0.0.1 "$APP_PORT" 10 || exit 1
 
-VG="valgrind --tool=callgrind --dump-instr=no --collect-jumps=no"
-# shellcheck disable=SC2086
-spawn proxy_public $VG --callgrind-out-file="$OUT/callgrind.proxy_public" \
-    ./proxy_public "$TPORT" "$WPORT" --token "$TOKEN" --state-dir "$TMP" $EXTRA
+# The tool each proxy runs under; the output file is named after the side.
+wrap() { # wrap SIDE: prints the command prefix
+    case $TOOL in
+    strace) echo "strace -f -c -o $OUT/strace.$1" ;;
+    *) echo "valgrind --tool=callgrind --dump-instr=no --collect-jumps=no --callgrind-out-file=$OUT/callgrind.$1" ;;
+    esac
+}
+PUB_EXTRA=$EXTRA
+./proxy_public --help 2>&1 | grep -q -- '--bind' && PUB_EXTRA="--bind 127.0.0.1 $EXTRA"
+# shellcheck disable=SC2046,SC2086
+spawn proxy_public $(wrap proxy_public) \
+    ./proxy_public "$TPORT" "$WPORT" --token "$TOKEN" --state-dir "$TMP" $PUB_EXTRA
 PUB_PID=$SPAWNED
 "$TB" waitport 127.0.0.1 "$TPORT" 60 || { echo "profile: proxy_public did not start" >&2; tail "$OUT/proxy_public.log" >&2; exit 1; }
-# shellcheck disable=SC2086
-spawn proxy_private $VG --callgrind-out-file="$OUT/callgrind.proxy_private" \
+PRIV_EXTRA=$EXTRA
+case " $EXTRA " in
+*" --insecure-plaintext "*) ;;
+*) ./proxy_private --help 2>&1 | grep -q -- '--known-hosts' && PRIV_EXTRA="--known-hosts $TMP/known_hosts $EXTRA" ;;
+esac
+# shellcheck disable=SC2046,SC2086
+spawn proxy_private $(wrap proxy_private) \
     ./proxy_private 127.0.0.1 "$TPORT" --token "$TOKEN" --name profile \
-    --register "profile-app:$PUB_PORT:127.0.0.1:$APP_PORT" $EXTRA
+    --register "profile-app:$PUB_PORT:127.0.0.1:$APP_PORT" $PRIV_EXTRA
 PRIV_PID=$SPAWNED
 
 i=0
@@ -98,15 +118,48 @@ while [ $i -lt 300 ]; do
 done
 [ "$n" = 1 ] || { echo "profile: app never online" >&2; tail "$OUT"/proxy_*.log >&2; exit 1; }
 
-echo "profile: mode $MODE, workload $WORKLOAD, $SECONDS_RUN s, both proxies under callgrind" >&2
+echo "profile: mode $MODE, workload $WORKLOAD, $SECONDS_RUN s, both proxies under $TOOL" >&2
 if [ "$WORKLOAD" = conns ]; then
     "$TB" connrate 127.0.0.1 "$PUB_PORT" "$SECONDS_RUN" 8 >"$OUT/workload.txt"
     echo "profile: connrate (conns/s ok errors): $(cat "$OUT/workload.txt")" >&2
+    UNITS=$(cut -d' ' -f2 "$OUT/workload.txt") UNIT_NAME=connection
 else
     flag=""
     [ "${PROFILE_REVERSE:-0}" = 1 ] && flag=-R
-    timeout $((SECONDS_RUN + 60)) iperf3 -c 127.0.0.1 -p "$PUB_PORT" -t "$SECONDS_RUN" $flag >"$OUT/workload.txt" 2>&1
-    echo "profile: iperf3 under callgrind: $(grep -E 'receiver' "$OUT/workload.txt" | tail -n 1 | tr -s ' ')" >&2
+    timeout $((SECONDS_RUN + 60)) iperf3 -c 127.0.0.1 -p "$PUB_PORT" -t "$SECONDS_RUN" $flag -J >"$OUT/workload.json" 2>&1
+    UNITS=$(awk '/"sum_received"/ { f = 1 } f && /"bytes"/ { v = $0; sub(/.*:[ \t]*/, "", v); sub(/,.*/, "", v);
+                printf "%.1f", v / 1048576; exit }' "$OUT/workload.json") UNIT_NAME=MiB
+    echo "profile: iperf3 moved ${UNITS:-?} MiB in $SECONDS_RUN s under $TOOL" >&2
+fi
+
+if [ "$TOOL" = strace ]; then
+    # strace prints its summary when the traced proxy exits: stop the proxies
+    # (strace's children), then wait for strace itself.
+    for p in $PRIV_PID $PUB_PID; do
+        kids=$("$TB" pids "$p" | grep -vx "$p")
+        [ -n "$kids" ] && kill $kids 2>/dev/null
+    done
+    i=0
+    while [ $i -lt 100 ] && { kill -0 $PUB_PID 2>/dev/null || kill -0 $PRIV_PID 2>/dev/null; }; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+    for side in proxy_public proxy_private; do
+        echo
+        echo "== $side: syscalls (all threads), calls per $UNIT_NAME over ${UNITS:-?} ${UNIT_NAME}s"
+        awk -v units="${UNITS:-0}" '
+            /^% time/ { print $0 "   per-unit"; next }
+            /^-/ { print; next }
+            NF >= 5 && $4 ~ /^[0-9]+$/ && units > 0 { printf "%s   %8.2f\n", $0, $4 / units; next }
+            NF >= 5 && $5 ~ /^[0-9]+$/ && units > 0 && $NF == "total" { printf "%s   %8.2f\n", $0, $4 / units; next }
+            { print }' "$OUT/strace.$side" >"$OUT/strace.$side.txt"
+        sed -n "1,$((TOP + 2))p" "$OUT/strace.$side.txt"
+        tail -n 1 "$OUT/strace.$side.txt"
+    done
+    echo
+    echo "(strace -c -f slows every syscall, so the workload's own figures above are low;"
+    echo " the counts per unit are what to compare between builds.)"
+    exit 0
 fi
 
 # Dump each profile while the process is alive, then stop it (a dump at exit
