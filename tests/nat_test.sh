@@ -152,10 +152,20 @@ until list >/dev/null; do
     sleep 0.1
 done
 
+# With TLS on, pin the certificate the public printed (ev=ready fingerprint=)
+# and keep the known-hosts file in the temp dir, never in the user's home.
+FP=$(sed -n 's/.*ev=ready.* fingerprint=\([0-9A-Fa-f:]*\).*/\1/p' "$OUT/public.log" | head -n 1)
+PIN=""
+if [ -n "$FP" ]; then
+    PIN="--fingerprint $FP"
+    step "pinning the public's certificate $FP"
+fi
+
 step "proxy_private in $NS_HOME, app web -> 192.0.2.2:$HTTP"
 # shellcheck disable=SC2086
 ip netns exec "$NS_HOME" "$BIN_DIR/proxy_private" 203.0.113.10 $TUNNEL --token "$TOKEN" --name home \
-    --register "web:$APP:192.0.2.2:$HTTP" --log-level debug $EXTRA >"$OUT/private.log" 2>&1 &
+    --register "web:$APP:192.0.2.2:$HTTP" --known-hosts "$TMP/known_hosts" $PIN \
+    --log-level debug $EXTRA >"$OUT/private.log" 2>&1 &
 PRIV_PID=$!
 PIDS="$PIDS $PRIV_PID"
 

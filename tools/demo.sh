@@ -58,9 +58,27 @@ PIDS="$PIDS $!"
 PUB=$!
 PIDS="$PIDS $PUB"
 
+# With TLS on (the default) the public prints its certificate's fingerprint
+# in its ready line; the private pins it.  The known-hosts file stays in the
+# demo's temp dir.
+i=0
+until grep -q 'ev=ready' "$TMP/public.log" 2>/dev/null; do
+    i=$((i + 1))
+    if [ $i -ge 100 ] || ! kill -0 $PUB 2>/dev/null; then
+        echo "demo: proxy_public did not start; log:"
+        cat "$TMP/public.log"
+        exit 1
+    fi
+    sleep 0.1
+done
+FP=$(sed -n 's/.*ev=ready.* fingerprint=\([0-9A-Fa-f:]*\).*/\1/p' "$TMP/public.log" | head -n 1)
+PIN=""
+[ -n "$FP" ] && PIN="--fingerprint $FP"
+
 # shellcheck disable=SC2086
 ./proxy_private 127.0.0.1 "$TUNNEL" --token "$TOKEN" --name demo \
-    --register "web:$APP:127.0.0.1:$HTTP" $EXTRA 2>"$TMP/private.log" &
+    --register "web:$APP:127.0.0.1:$HTTP" --known-hosts "$TMP/known_hosts" $PIN \
+    $EXTRA 2>"$TMP/private.log" &
 PRIV=$!
 PIDS="$PIDS $PRIV"
 
@@ -87,6 +105,7 @@ The tunnel is up.
   page through the tunnel:  curl http://127.0.0.1:$APP/
   web page of the public:   http://127.0.0.1:$WEB/
   token:                    $TOKEN
+  tunnel certificate:       ${FP:-none (plaintext)}
   API:                      curl -H 'Authorization: Bearer $TOKEN' http://127.0.0.1:$WEB/list
   logs:                     $TMP/public.log $TMP/private.log
 
