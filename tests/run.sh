@@ -93,6 +93,7 @@ if [ "$MODE" = release ] && [ -z "${TESTS:-}" ]; then
     rc=$?
     tail -n 5 "$OUT/nat_test.txt" | sed 's/^/   /'
     record nat_test $rc
+    echo "-- nat_linkcut"; sh tests/nat_linkcut.sh >"$OUT/nat_linkcut.txt" 2>&1; rc=$?; tail -n 5 "$OUT/nat_linkcut.txt" | sed 's/^/   /'; record nat_linkcut $rc
 
     if [ -f tests/browser/run.sh ]; then
         echo "-- browser"
