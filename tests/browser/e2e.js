@@ -153,6 +153,7 @@ let page = null;
 let userDataDir = null;
 const problems = [];      // console errors, CSP violations, foreign requests
 const sent = { in: 0, out: 0, connections: 0 };
+let serverGone = false;   // set once the test stops proxy_public on purpose
 
 function appRow() { return page.locator('#apps tbody tr[data-name="' + APP + '"]'); }
 
@@ -239,7 +240,7 @@ const steps = [
     page.on('console', (m) => {
       const t = m.text();
       if (/Content Security Policy|Refused to/i.test(t)) problems.push('CSP: ' + t);
-      else if (m.type() === 'error' && !/status of (400|401|404|409)/.test(t)) problems.push('console error: ' + t);
+      else if (m.type() === 'error' && !/status of (400|401|404|409)/.test(t) && !serverGone) problems.push('console error: ' + t);
     });
     await page.goto(BASE + '/', { waitUntil: 'load' });
     await page.getByLabel('Token', { exact: true }).waitFor({ state: 'visible' });
@@ -436,6 +437,8 @@ const steps = [
       await waitFor('the error for ' + what + ' beside the form', async () =>
         (await registerAlert().textContent()).includes(direct.json.error.trim().replace(/\.$/, '')));
     }
+    await page.locator('#register-form').scrollIntoViewIfNeeded();
+    await page.screenshot({ path: path.join(OUT_DIR, 'register-error.png') });
     const apps = (await list()).apps.map((a) => a.name);
     check(!apps.includes('bad'), 'a refused app was registered anyway');
   }],
@@ -455,6 +458,7 @@ const steps = [
     await page.getByRole('button', { name: 'Unregister ' + APP, exact: true }).focus();
     await page.keyboard.press('Enter');
     await dialog.waitFor({ state: 'visible' });
+    await page.screenshot({ path: path.join(OUT_DIR, 'confirm.png') });
     await dialog.getByRole('button', { name: 'Unregister', exact: true }).click();
     await appRow().waitFor({ state: 'detached' });
     check(!(await list()).apps.some((a) => a.name === APP), 'GET /list still has the app');
@@ -473,6 +477,25 @@ const steps = [
     check(await page.evaluate(() => sessionStorage.length) === 0, 'the token is still in sessionStorage');
     await page.reload({ waitUntil: 'load' });
     await page.getByLabel('Token', { exact: true }).waitFor({ state: 'visible' });
+  }],
+
+  ['the page shows a private going offline, then the server going away, without a reload', async () => {
+    const field = page.getByLabel('Token', { exact: true });
+    await field.fill(TOKEN);
+    await page.getByRole('button', { name: 'Sign in', exact: true }).click();
+    const row = page.locator('#privates tbody tr[data-name="home"]');
+    await waitFor('private "home" shown online', async () => /online/.test(await row.textContent()));
+    const stopping = (name) => {
+      process.kill(PIDS[name], 'SIGTERM');
+      PIDS[name] = 0;     // no longer expected to be running
+    };
+    stopping('proxy_private');
+    await waitFor('private "home" shown offline', async () => /offline/.test(await row.textContent()));
+    serverGone = true;    // from here on, failed requests are expected in the console
+    stopping('proxy_public');
+    const banner = page.locator('#conn-error');
+    await waitFor('the "lost contact" alert', async () => /Lost contact/.test(await banner.textContent()));
+    check(await page.locator('#dashboard').isVisible(), 'the dashboard was hidden when the server went away');
   }],
 
   ['no console errors, CSP violations or requests to other origins', async () => {
