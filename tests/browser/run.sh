@@ -46,8 +46,8 @@ done
 if [ ! -x "$CHROMIUM" ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         say "installing Debian's chromium"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+        timeout 600 apt-get update -qq || true
+        DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -qq chromium >/dev/null
     fi
     if [ ! -x "$CHROMIUM" ]; then
         say "$CHROMIUM is missing (install Debian's chromium package)"
@@ -61,9 +61,9 @@ command -v node >/dev/null 2>&1 || { say "node is missing (apt-get install nodej
 # playwright-core never downloads a browser by itself; the variable makes sure of it.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
 if [ -f "$here/package-lock.json" ]; then
-    (cd "$here" && npm ci --no-audit --no-fund --loglevel=error)
+    (cd "$here" && timeout 300 npm ci --no-audit --no-fund --loglevel=error)
 else
-    (cd "$here" && npm install --no-audit --no-fund --loglevel=error)
+    (cd "$here" && timeout 300 npm install --no-audit --no-fund --loglevel=error)
     say "package-lock.json was created: commit it"
 fi
 
