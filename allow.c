@@ -100,7 +100,7 @@ int allow_add(struct allowlist *al, const char *arg, char *err, size_t errlen)
     }
     if (strlen(arg) >= sizeof(buf))
         goto bad;
-    strcpy(buf, arg);
+    memcpy(buf, arg, strlen(arg) + 1);
     colon = strrchr(buf, ':'); /* the port part comes after the last colon */
     if (!colon)
         goto bad;

@@ -13,7 +13,8 @@
 #define PKT_PROTO_VERSION 1
 #define PKT_FRAME_PREFIX 4                 /* uint32 big-endian header length */
 #define PKT_MAX_HEADER 65536               /* after the handshake */
-#define PKT_MAX_HEADER_PREAUTH 16384       /* before it: tighter, nobody is trusted yet */
+#define PKT_MAX_HEADER_PREAUTH 32768       /* before it: tighter, nobody is trusted yet;
+                                              still fits a HELLO with PKT_MAX_APPS apps */
 #define PKT_MAX_DATA 262144                /* payload of one DATA frame */
 #define PKT_WINDOW_MIN 65536
 #define PKT_WINDOW_MAX (16 * 1024 * 1024)

@@ -103,7 +103,7 @@ static int parse_register(const char *arg, struct app_req *r)
 
     if (strlen(arg) >= sizeof(buf))
         return -1;
-    strcpy(buf, arg);
+    memcpy(buf, arg, strlen(arg) + 1);
     p1 = strchr(buf, ':');
     if (!p1)
         return -1;
