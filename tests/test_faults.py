@@ -720,15 +720,14 @@ class FaultTest(ProxyTest):
         def bulk_loop(i):
             while not stop.is_set():
                 try:
-                    s = connect(port)
-                    s.settimeout(30 * SLOW)
-                    data = os.urandom(1 << 20)
-                    for _ in range(8):
-                        s.sendall(data)
-                        if recv_exact(s, len(data)) != data:
-                            add("corrupt")
-                            break
-                    s.close()
+                    with connect(port) as s:
+                        s.settimeout(30 * SLOW)
+                        data = os.urandom(1 << 20)
+                        for _ in range(8):
+                            s.sendall(data)
+                            if recv_exact(s, len(data)) != data:
+                                add("corrupt")
+                                break
                     add("bulk_ok")
                 except (OSError, AssertionError):
                     add("bulk_cut")
@@ -738,18 +737,17 @@ class FaultTest(ProxyTest):
             while not stop.is_set():
                 n = (32 << 20) + i
                 try:
-                    s = connect(src)
-                    s.settimeout(30 * SLOW)
-                    s.sendall(b"%d %d\n" % (n, i))
-                    h = hashlib.sha256()
-                    got = 0
-                    while True:
-                        b = s.recv(1 << 20)
-                        if not b:
-                            break
-                        h.update(b)
-                        got += len(b)
-                    s.close()
+                    with connect(src) as s:
+                        s.settimeout(30 * SLOW)
+                        s.sendall(b"%d %d\n" % (n, i))
+                        h = hashlib.sha256()
+                        got = 0
+                        while True:
+                            b = s.recv(1 << 20)
+                            if not b:
+                                break
+                            h.update(b)
+                            got += len(b)
                     if got == n:
                         if h.hexdigest() != faultlib.source_digest(n, i):
                             add("corrupt")
