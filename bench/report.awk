@@ -59,7 +59,8 @@ END {
         p = P[i]
         if (has(p ".rss_pub") && has(p ".rss_priv")) R[p ".rss_sum"] = R[p ".rss_pub"] + R[p ".rss_priv"]
         if (has(p ".cpu_pub") && has(p ".cpu_priv")) R[p ".cpu_sum"] = R[p ".cpu_pub"] + R[p ".cpu_priv"]
-        if (has(p ".held")) R[p ".heldtxt"] = R[p ".held"] "/" hold_n (has(p ".hold_s") ? " opened in " R[p ".hold_s"] " s" : "") (has(p ".alive") ? ", " R[p ".alive"] " still echo at end" : "")
+        if (has(p ".held")) R[p ".heldtxt"] = R[p ".held"] "/" hold_n (has(p ".hold_s") ? " opened in " R[p ".hold_s"] " s" : "") \
+            (R[p ".hold_last10"] > 0 ? " (" R[p ".hold_first10"] "/s for the first 10%, " R[p ".hold_last10"] "/s for the last)" : "") (has(p ".alive") ? ", " R[p ".alive"] " still echo at end" : "")
     }
 
     print "# Tunnel benchmark"

@@ -11,7 +11,7 @@
 # listed under the table): the machine may be busy with other work.
 # Knobs (environment): BENCH_ROUNDS (3), BENCH_BULK_SECONDS (3), BENCH_PINGPONG_ROUNDS
 # (5000), BENCH_CONNRATE_SECONDS (2), BENCH_HOLD (10000), BENCH_HOLD_INFLIGHT (128),
-# BENCH_HOLD_SECONDS (150: give up opening after that; ssh -R needs ~60 s for 10,000
+# BENCH_HOLD_SECONDS (120: give up opening after that; ssh -R needs ~60 s for 10,000
 # on an idle 2-core machine, its per-channel cost grows with the channels open), BENCH_PATHS ("direct ssh plain tls"),
 # BENCH_TLS_PUB_ARGS / BENCH_TLS_PRIV_ARGS (extra flags for the TLS tunnel, e.g.
 # a certificate or a pinned fingerprint, should the TLS mode need them).
@@ -28,7 +28,7 @@ CR_SECONDS=${BENCH_CONNRATE_SECONDS:-2}
 CR_PARALLEL=8
 HOLD_N=${BENCH_HOLD:-10000}
 HOLD_INFLIGHT=${BENCH_HOLD_INFLIGHT:-128}
-HOLD_SECONDS=${BENCH_HOLD_SECONDS:-150}
+HOLD_SECONDS=${BENCH_HOLD_SECONDS:-120}
 PATHS=${BENCH_PATHS:-direct ssh plain tls}
 TOKEN="bench-$$-token"
 TB="$ROOT/build/bench/tcpbench"
@@ -277,6 +277,8 @@ hold() {
         log "$path: $held of $HOLD_N connections held after $(($(date +%s) - t0)) s"
         put "$path.held" "$held"
         put "$path.hold_s" "$(($(date +%s) - t0))"
+        put "$path.hold_first10" "$(sed -n 's/^held=.* first10=\([0-9]*\).*/\1/p' "$TMP/hold.out")"
+        put "$path.hold_last10" "$(sed -n 's/^held=.* last10=\([0-9]*\).*/\1/p' "$TMP/hold.out")"
         if [ "$held" -gt 0 ]; then
             [ -n "$pub" ] && put "$path.rss_pub" "$(echo "$rss_pub0 $(rss_of $pub) $held" |
                 awk '{ printf "%.1f", ($2 - $1) / $3 }')"

@@ -16,7 +16,9 @@
  *                                        opens N connections (INFLIGHT, default
  *                                        128, being opened at once; giving up
  *                                        after SECONDS, default 150), echo-checks each,
- *                                        prints "held=OK failed=F", holds them
+ *                                        prints "held=OK failed=F first10=R last10=R"
+ *                                        (conns/s opened in the first and last
+ *                                        tenth), holds them
  *                                        until stdin closes or SIGINT/SIGTERM,
  *                                        then echo-checks them again and prints
  *                                        "alive=A dropped=D"
@@ -549,7 +551,9 @@ static int tb_hold(const char *host, long port, long count, long max_inflight, l
         conns[i].state = HC_IDLE;
     }
     long next = 0, inflight = 0, held = 0, failed = 0;
-    double deadline = tb_now() + (double)open_seconds;
+    double t_start = tb_now(), deadline = t_start + (double)open_seconds;
+    double t_first = 0, t_last_from = 0, t_done = 0; /* when 10% / 90% / 100% were held */
+    long tenth = count / 10 > 0 ? count / 10 : 1;
     struct epoll_event evs[TB_MAX_EVENTS];
     /* Phase 1: open and echo-check every connection, max_inflight at a time. */
     while ((held + failed) < count && !tb_stop) {
@@ -596,6 +600,12 @@ static int tb_hold(const char *host, long port, long count, long max_inflight, l
                 (void)epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
                 held++;
                 inflight--;
+                if (held == tenth)
+                    t_first = tb_now();
+                if (held == count - tenth)
+                    t_last_from = tb_now();
+                if (held == count)
+                    t_done = tb_now();
             }
         }
     }
@@ -606,7 +616,11 @@ static int tb_hold(const char *host, long port, long count, long max_inflight, l
         }
     }
     failed += count - next; /* never attempted (timeout or signal) */
-    printf("held=%ld failed=%ld\n", held, failed);
+    /* Opening rate of the first and the last tenth: a relay whose cost per new
+     * connection grows with the connections already open shows it here. */
+    double r_first = t_first > t_start ? (double)tenth / (t_first - t_start) : 0;
+    double r_last = (t_done > t_last_from && t_last_from > 0) ? (double)tenth / (t_done - t_last_from) : 0;
+    printf("held=%ld failed=%ld first10=%.0f last10=%.0f\n", held, failed, r_first, r_last);
     fflush(stdout);
 
     /* Phase 2: hold until stdin closes or a signal arrives. */
