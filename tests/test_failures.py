@@ -3,6 +3,8 @@ import json
 import os
 import re
 import socket
+import threading
+import time
 
 import harness
 from harness import ProxyTest, apps, connect, free_port, SLOW
@@ -71,6 +73,52 @@ class FailureTest(ProxyTest):
         self.assertIs(app["online"], False, app)
         for _ in range(3):
             assert_client_closed(self, port, "app offline (private never connected)")
+
+    def test_handshake_order_with_waiting_clients(self):
+        """Clients that connect to an app's port while its private's HELLO is being
+        handled (new app: listener opened, state saved, WELCOME not yet sent) must
+        not make the public send BUILD_CONNECTION before WELCOME (PROTOCOL.md,
+        Handshake 3). A hand-written private checks the first frame each round."""
+        self.start_public()
+        echo = self.server(apps.EchoServer)
+        stop = threading.Event()
+        held = []
+        target = {"port": None}
+
+        def hammer():
+            while not stop.is_set():
+                try:
+                    c = socket.create_connection(("127.0.0.1", target["port"]), timeout=1)
+                    held.append(c)
+                    if len(held) > 200:
+                        held.pop(0).close()
+                except (OSError, TypeError):
+                    time.sleep(0.0005)
+
+        threads = [threading.Thread(target=hammer, daemon=True) for _ in range(4)]
+        self.addCleanup(lambda: [c.close() for c in list(held)])
+        self.addCleanup(stop.set)
+        for t in threads:
+            t.start()
+        for i in range(20):
+            app_port = free_port()
+            target["port"] = app_port
+            hello = {"op": harness.OP_HELLO, "version": 1, "token": self.token,
+                     "name": "race", "window": 1 << 20,
+                     "apps": [{"name": "r%d" % i, "public_port": app_port,
+                               "target_host": "127.0.0.1", "target_port": echo.port}]}
+            s = harness.tunnel_socket(self.tunnel_port, 10 * SLOW)
+            with s:
+                s.sendall(harness.frame(hello))
+                f = harness.read_frame(s)
+                self.assertIsNotNone(f, "round %d: no answer to HELLO" % i)
+                self.assertEqual(f[0].get("op"), harness.OP_WELCOME,
+                                 "round %d: first frame after HELLO is %r, not WELCOME"
+                                 % (i, f[0]))
+            self.wait_offline(private="race")
+        stop.set()
+        for t in threads:
+            t.join(5)
 
     def test_wrong_token(self):
         """A private with a wrong token is refused and says why; API calls with a
