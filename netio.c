@@ -255,13 +255,28 @@ static void *worker_main(void *arg)
 
 int thread_spawn(void *(*fn)(void *), void *arg)
 {
+    return thread_spawn_sized(fn, arg, THREAD_STACK_SIZE);
+}
+
+int thread_spawn_sized(void *(*fn)(void *), void *arg, size_t stack)
+{
     pthread_attr_t attr;
     pthread_condattr_t ca;
     pthread_t tid;
-    size_t stack = THREAD_STACK_SIZE;
-    struct worker *w;
+    struct worker *w = NULL;
     int rc;
 
+    /* Only default-sized threads are parked and reused. */
+    if (stack != THREAD_STACK_SIZE) {
+        pthread_attr_init(&attr);
+        rc = pthread_attr_setstacksize(&attr, stack);
+        if (rc == 0)
+            rc = pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        if (rc == 0)
+            rc = pthread_create(&tid, &attr, fn, arg);
+        pthread_attr_destroy(&attr);
+        return rc;
+    }
     pthread_mutex_lock(&pool_lock);
     w = pool_idle;
     if (w) {

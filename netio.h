@@ -44,6 +44,16 @@ void net_peer_str(int fd, char *out, size_t cap);
  * else a new one. 0 on success, else an error number. */
 int thread_spawn(void *(*fn)(void *), void *arg);
 
+/* Threads that run OpenSSL handshakes need more stack than relays. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define THREAD_STACK_SIZE_TLS (1024 * 1024)
+#else
+#define THREAD_STACK_SIZE_TLS (256 * 1024)
+#endif
+
+/* The same with an explicit stack size; such threads are not reused. */
+int thread_spawn_sized(void *(*fn)(void *), void *arg, size_t stack);
+
 /* Raise RLIMIT_NOFILE's soft limit to its hard limit; returns the new soft limit. */
 long net_raise_fd_limit(void);
 

@@ -393,7 +393,7 @@ static void *tunnel_accept_main(void *arg)
         start->fd = fd;
         snprintf(start->addr, sizeof(start->addr), "%s", addr);
         tunnel_threads++;
-        rc = thread_spawn(tunnel_main, start);
+        rc = thread_spawn_sized(tunnel_main, start, THREAD_STACK_SIZE_TLS);
         if (rc != 0) {
             tunnel_threads--;
             log_error("ev=thread_failed what=tunnel err=\"%s\"", strerror(rc));

@@ -515,7 +515,7 @@ static void *wt_accept_main(void *arg)
         net_tune(fd);
         log_debug("ev=web_tls_accept client=%s", addr);
         wt_threads++;
-        rc = thread_spawn(wt_conn_main, c);
+        rc = thread_spawn_sized(wt_conn_main, c, THREAD_STACK_SIZE_TLS);
         if (rc != 0) {
             wt_threads--;
             log_error("ev=thread_failed what=web_tls err=\"%s\"", strerror(rc));
