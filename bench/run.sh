@@ -486,6 +486,12 @@ done
 stop $PIDS
 PIDS=""
 
+# A busy machine makes every figure noisy; say so (the ratios of one run are
+# still fairer than figures from different runs).
+awk -v a="$LOAD0" -v b="$(cut -d' ' -f1 /proc/loadavg)" -v n="$(nproc)" 'BEGIN { split(a, x, " ");
+    if (x[1] > n || b > n) exit 0; exit 1 }' &&
+    note "the machine was busy with other work (load average $(echo "$LOAD0" | cut -d' ' -f1) at start, $(cut -d' ' -f1 /proc/loadavg) at end, on $(nproc) cores): figures are noisy, compare the rounds"
+
 if [ $HAS_TLS = 1 ]; then plain_label="tunnel, plaintext (--insecure-plaintext)"
 else plain_label="tunnel, plaintext (only mode today)"; fi
 awk -v date="$(date -u '+%Y-%m-%d %H:%M:%S UTC')" -v nproc="$(nproc)" \
