@@ -3,6 +3,7 @@
  * apps, and on BUILD_CONNECTION dials the home app and relays. */
 
 #include <errno.h>
+#include <malloc.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
@@ -498,6 +499,9 @@ int main(int argc, char **argv)
 
     tunnel_global_init();
     json_object_seed(0);
+    /* Thousands of short-lived relay threads would otherwise spread their
+     * small allocations over many malloc arenas that never shrink. */
+    mallopt(M_ARENA_MAX, 4);
     if (allow_init(&cfg.allow) != 0)
         return 1;
     if (parse_args(argc, argv) != 0) {

@@ -3,6 +3,7 @@
  * serves the HTTP API and page on WEB_PORT. */
 
 #include <errno.h>
+#include <malloc.h>
 #include <ifaddrs.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -329,8 +330,13 @@ static void *tunnel_main(void *arg)
     snprintf(name, sizeof(name), "%s", json_string_value(json_object_get(p.json, "name")));
     tunnel_set_name(t, name);
     tunnel_set_peer_window(t, (uint32_t)json_integer_value(json_object_get(p.json, "window")));
-    registry_private_up(name, t, addr);
-    up = 1;
+    /* The private must be known before its apps are registered, but must not
+     * be online (reachable by acceptors sending BUILD_CONNECTION) before
+     * WELCOME is on the wire: the protocol allows nothing else first. */
+    if (registry_private_known(name) != 0) {
+        tunnel_fail(t, "too_many_privates", "this server knows too many private proxies");
+        goto out;
+    }
     if (tunnel_send(t, packet(OP_WELCOME, "{s:i,s:i,s:i,s:o}", "version", PKT_PROTO_VERSION, "window",
                               PKT_WINDOW_DEFAULT, "heartbeat", 5, "apps",
                               register_hello_apps(p.json, name)),
@@ -339,6 +345,8 @@ static void *tunnel_main(void *arg)
         goto out;
     }
     pkt_clear(&p);
+    registry_private_up(name, t, addr);
+    up = 1;
     if (tunnel_start_heartbeat(t) != 0) {
         log_error("ev=thread_failed what=heartbeat");
         goto out;
@@ -414,6 +422,9 @@ int main(int argc, char **argv)
 
     tunnel_global_init();
     json_object_seed(0);
+    /* Thousands of short-lived relay threads would otherwise spread their
+     * small allocations over many malloc arenas that never shrink. */
+    mallopt(M_ARENA_MAX, 4);
     if (parse_args(argc, argv) != 0)
         return 2;
     net_raise_fd_limit();

@@ -622,6 +622,20 @@ static struct priv *get_priv_locked(const char *name, int *created)
     return p;
 }
 
+int registry_private_known(const char *name)
+{
+    struct priv *p;
+    int created = 0;
+    char err[256];
+
+    pthread_mutex_lock(&reg.lock);
+    p = get_priv_locked(name, &created);
+    if (created && save_locked(NULL, NULL, err, sizeof(err)) != 0)
+        log_error("ev=state_save_failed err=\"%s\"", err);
+    pthread_mutex_unlock(&reg.lock);
+    return p ? 0 : -1;
+}
+
 void registry_private_up(const char *name, struct tunnel *t, const char *addr)
 {
     struct tunnel *old = NULL;

@@ -50,8 +50,10 @@ json_t *registry_list(void);
 /* Prometheus text exposition; a malloc'd string. */
 char *registry_metrics(void);
 
-/* Tunnel lifecycle on the public side. private_up replaces (kills) an older
- * tunnel of the same name. */
+/* Tunnel lifecycle on the public side. private_known makes sure a record
+ * exists (0, or -1 when there are too many); private_up puts the tunnel online
+ * and replaces (kills) an older tunnel of the same name. */
+int registry_private_known(const char *name);
 void registry_private_up(const char *name, struct tunnel *t, const char *addr);
 void registry_private_down(const char *name, struct tunnel *t);
 

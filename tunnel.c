@@ -13,6 +13,7 @@
 #include "tunnel.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -752,6 +753,7 @@ void tunnel_run(struct tunnel *t, tunnel_op_fn fn, void *arg, char *why, size_t 
 static void *heartbeat_main(void *arg)
 {
     struct tunnel *t = arg;
+    unsigned beats = 0;
 
     pthread_setname_np(pthread_self(), "heartbeat");
     pthread_mutex_lock(&t->lock);
@@ -765,6 +767,9 @@ static void *heartbeat_main(void *arg)
             break;
         pthread_mutex_unlock(&t->lock);
         tunnel_send(t, packet(OP_PING, NULL), NULL, 0);
+        /* Give back what a burst of connections left free in malloc's arenas. */
+        if (++beats % 12 == 0)
+            malloc_trim(0);
         pthread_mutex_lock(&t->lock);
     }
     pthread_mutex_unlock(&t->lock);
