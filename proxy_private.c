@@ -294,18 +294,15 @@ enum session_end { SESSION_RETRY, SESSION_FATAL, SESSION_WAS_UP };
  * whether retrying can help. */
 static enum session_end tls_connect(int fd, SSL **out)
 {
-    struct timeval tv = {.tv_sec = HANDSHAKE_TIMEOUT_MS / 1000};
     char fp[TLS_FP_LEN], old[TLS_FP_LEN], err[300], hostport[300];
     SSL *ssl = SSL_new(cfg.tls);
     int r;
 
     *out = NULL;
-    (void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-    if (!ssl || SSL_set_fd(ssl, fd) != 1 || SSL_connect(ssl) != 1) {
+    if (!ssl || tls_handshake(ssl, fd, 0, HANDSHAKE_TIMEOUT_MS, err, sizeof(err)) != 0) {
         log_warn("ev=handshake_failed public=%s:%d err=\"TLS: %s\" hint=\"does the public side run "
                  "with --insecure-plaintext? then both sides need it\"",
-                 cfg.host, cfg.port, tls_error_string(err, sizeof(err)));
+                 cfg.host, cfg.port, ssl ? err : "out of memory");
         SSL_free(ssl);
         return SESSION_RETRY;
     }

@@ -247,23 +247,70 @@ struct tunnel_start {
     char addr[64];
 };
 
-/* TLS handshake on a fresh tunnel socket, with a deadline. NULL on failure. */
+/* TLS handshake on a fresh tunnel socket; NULL on failure. */
 static SSL *tls_accept(int fd, const char *addr)
 {
-    struct timeval tv = {.tv_sec = HANDSHAKE_TIMEOUT_MS / 1000};
-    char ebuf[200];
+    char err[200];
     SSL *ssl = SSL_new(cfg.tls);
 
-    (void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-    if (!ssl || SSL_set_fd(ssl, fd) != 1 || SSL_accept(ssl) != 1) {
+    if (!ssl || tls_handshake(ssl, fd, 1, HANDSHAKE_TIMEOUT_MS, err, sizeof(err)) != 0) {
+        char esc[200];
         log_warn("ev=handshake_failed client=%s err=\"TLS: %s\" hint=\"is the private side "
                  "running with --insecure-plaintext, or is this not proxy_private?\"",
-                 addr, tls_error_string(ebuf, sizeof(ebuf)));
+                 addr, ssl ? log_escape(err, esc, sizeof(esc)) : "out of memory");
         SSL_free(ssl);
         return NULL;
     }
     return ssl;
+}
+
+/* Connections that have not authenticated yet are capped in total and per
+ * source address, so strangers cannot take the slots a real private needs. */
+#define PREAUTH_MAX 256
+#define PREAUTH_PER_ADDR 8
+
+static pthread_mutex_t preauth_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+    char ip[RATELIMIT_KEY_LEN];
+    unsigned n;
+} preauth[PREAUTH_MAX];
+
+static int preauth_enter(const char *ip)
+{
+    int free_slot = -1, rc = -1;
+
+    pthread_mutex_lock(&preauth_lock);
+    for (int i = 0; i < PREAUTH_MAX; i++) {
+        if (preauth[i].n && strcmp(preauth[i].ip, ip) == 0) {
+            if (preauth[i].n < PREAUTH_PER_ADDR) {
+                preauth[i].n++;
+                rc = 0;
+            }
+            goto out;
+        }
+        if (!preauth[i].n && free_slot < 0)
+            free_slot = i;
+    }
+    if (free_slot >= 0) {
+        snprintf(preauth[free_slot].ip, sizeof(preauth[free_slot].ip), "%s", ip);
+        preauth[free_slot].n = 1;
+        rc = 0;
+    }
+out:
+    pthread_mutex_unlock(&preauth_lock);
+    return rc;
+}
+
+static void preauth_leave(const char *ip)
+{
+    pthread_mutex_lock(&preauth_lock);
+    for (int i = 0; i < PREAUTH_MAX; i++) {
+        if (preauth[i].n && strcmp(preauth[i].ip, ip) == 0) {
+            preauth[i].n--;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&preauth_lock);
 }
 
 static void *tunnel_main(void *arg)
@@ -271,15 +318,25 @@ static void *tunnel_main(void *arg)
     struct tunnel_start *start = arg;
     struct tunnel *t = NULL;
     struct pkt p = {0};
-    char err[200] = "", name[PKT_NAME_MAX + 1] = "", addr[64];
+    char err[200] = "", name[PKT_NAME_MAX + 1] = "", addr[64], ip[RATELIMIT_KEY_LEN];
     SSL *ssl = NULL;
-    int up = 0;
+    int up = 0, in_preauth = 0;
 
     pthread_setname_np(pthread_self(), "tunnel");
     snprintf(addr, sizeof(addr), "%s", start->addr);
+    ratelimit_key(addr, ip);
+    if (preauth_enter(ip) != 0) {
+        log_warn("ev=tunnel_refused client=%s reason=\"too many unauthenticated connections\"", addr);
+        close(start->fd);
+        free(start);
+        tunnel_threads--;
+        return NULL;
+    }
+    in_preauth = 1;
     if (!cfg.plaintext && !(ssl = tls_accept(start->fd, addr))) {
         close(start->fd);
         free(start);
+        preauth_leave(ip);
         tunnel_threads--;
         return NULL;
     }
@@ -287,6 +344,7 @@ static void *tunnel_main(void *arg)
     free(start);
     if (!t) {
         SSL_free(ssl);
+        preauth_leave(ip);
         tunnel_threads--;
         return NULL;
     }
@@ -308,9 +366,8 @@ static void *tunnel_main(void *arg)
     }
     {
         const char *tok = json_string_value(json_object_get(p.json, "token"));
-        char ip[RATELIMIT_KEY_LEN], msg[128];
+        char msg[128];
         unsigned wait_ms = 0;
-        ratelimit_key(addr, ip);
         /* A blocked address is refused before its token is even looked at. */
         if (ratelimit_check(ip, &wait_ms)) {
             log_warn("ev=auth_rate_limited client=%s what=tunnel wait_ms=%u", addr, wait_ms);
@@ -326,6 +383,8 @@ static void *tunnel_main(void *arg)
             goto out;
         }
         ratelimit_success(ip);
+        preauth_leave(ip);
+        in_preauth = 0;
     }
     snprintf(name, sizeof(name), "%s", json_string_value(json_object_get(p.json, "name")));
     tunnel_set_name(t, name);
@@ -355,6 +414,8 @@ static void *tunnel_main(void *arg)
     tunnel_run(t, NULL, NULL, err, sizeof(err));
     log_warn("ev=tunnel_down name=%s client=%s reason=\"%s\"", name, addr, err);
 out:
+    if (in_preauth)
+        preauth_leave(ip);
     pkt_clear(&p);
     tunnel_kill(t, "tunnel ended");
     if (up)

@@ -14,12 +14,14 @@
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <openssl/x509.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "netio.h"
 #include "state.h"
 
 #define CIPHERSUITES "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384"
@@ -305,4 +307,47 @@ int tls_known_hosts_check(const char *file, const char *hostport, const char *fp
     }
     close(fd);
     return 0;
+}
+
+int tls_handshake(SSL *ssl, int fd, int is_server, int timeout_ms, char *err, size_t errlen)
+{
+    uint64_t deadline = mono_ms() + (uint64_t)timeout_ms;
+    char ebuf[200];
+    int rc = -1;
+
+    if (SSL_set_fd(ssl, fd) != 1 || net_set_nonblock(fd, 1) != 0) {
+        snprintf(err, errlen, "cannot set up TLS on the socket");
+        return -1;
+    }
+    for (;;) {
+        struct pollfd pfd = {.fd = fd};
+        uint64_t now;
+        int r, e;
+
+        ERR_clear_error();
+        r = is_server ? SSL_accept(ssl) : SSL_connect(ssl);
+        if (r == 1) {
+            rc = 0;
+            break;
+        }
+        e = SSL_get_error(ssl, r);
+        if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
+            snprintf(err, errlen, "%s", e == SSL_ERROR_SYSCALL && !ERR_peek_error()
+                                            ? "connection closed during the TLS handshake"
+                                            : tls_error_string(ebuf, sizeof(ebuf)));
+            break;
+        }
+        now = mono_ms();
+        if (now >= deadline) {
+            snprintf(err, errlen, "TLS handshake not finished within %d s", timeout_ms / 1000);
+            break;
+        }
+        pfd.events = e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT;
+        (void)poll(&pfd, 1, (int)(deadline - now));
+    }
+    if (net_set_nonblock(fd, 0) != 0 && rc == 0) {
+        snprintf(err, errlen, "cannot restore the socket");
+        rc = -1;
+    }
+    return rc;
 }

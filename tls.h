@@ -36,6 +36,11 @@ int tls_normalize_fingerprint(const char *in, char out[TLS_FP_LEN]);
 int tls_known_hosts_check(const char *file, const char *hostport, const char *fp,
                           char old[TLS_FP_LEN], char *err, size_t errlen);
 
+/* Run the TLS handshake on fd (server or client side) with one deadline for
+ * the whole of it, however slowly the peer trickles bytes. The socket is left
+ * blocking again. 0 on success, -1 with a reason in err. */
+int tls_handshake(SSL *ssl, int fd, int is_server, int timeout_ms, char *err, size_t errlen);
+
 /* The reason for the last OpenSSL failure of this thread, for a log line. */
 const char *tls_error_string(char *buf, size_t cap);
 
