@@ -25,6 +25,7 @@
 #define HANDSHAKE_TIMEOUT_MS 10000
 #define BACKOFF_MIN_MS 1000
 #define BACKOFF_MAX_MS 30000
+#define STABLE_AFTER_MS 30000   /* a tunnel up this long resets the backoff */
 
 struct app_req {
     char name[PKT_NAME_MAX + 1];
@@ -287,7 +288,12 @@ static int on_build_connection(struct tunnel *t, struct pkt *p, void *arg)
 }
 
 /* Result of one tunnel session. */
-enum session_end { SESSION_RETRY, SESSION_FATAL, SESSION_WAS_UP };
+enum session_end {
+    SESSION_RETRY,      /* try again after the next backoff delay */
+    SESSION_FATAL,      /* retrying cannot help: stop */
+    SESSION_WAS_UP,     /* the tunnel was up for a while: start backing off afresh */
+    SESSION_REPLACED,   /* another proxy took our name: wait the longest delay */
+};
 
 /* TLS handshake and pinning check before anything secret is sent. On success
  * *out holds the SSL object; on failure it stays NULL and the result says
@@ -348,6 +354,7 @@ static enum session_end run_session(void)
     struct pkt p = {0};
     enum session_end result = SESSION_RETRY;
     SSL *ssl = NULL;
+    uint64_t up_since;
     int fd, r;
 
     fd = net_dial(cfg.host, cfg.port, HANDSHAKE_TIMEOUT_MS, err, sizeof(err));
@@ -432,8 +439,17 @@ static enum session_end run_session(void)
         goto out;
     }
     log_info("ev=tunnel_up public=%s name=%s apps=%d", addr, cfg.name, cfg.napps);
+    up_since = mono_ms();
     tunnel_run(t, on_build_connection, NULL, err, sizeof(err));
     log_warn("ev=tunnel_down public=%s reason=\"%s\"", addr, err);
+    if (strcmp(tunnel_peer_error(t), "replaced") == 0) {
+        log_error("ev=replaced name=%s msg=\"another proxy_private with the same name connected "
+                  "to the public side; give each one its own --name\"",
+                  cfg.name);
+        result = SESSION_REPLACED;
+    } else if (mono_ms() - up_since < STABLE_AFTER_MS) {
+        result = SESSION_RETRY; /* up only briefly: keep backing off */
+    }
 out:
     pkt_clear(&p);
     tunnel_kill(t, "session over");
@@ -534,14 +550,18 @@ int main(int argc, char **argv)
         }
         if (r == SESSION_WAS_UP)
             backoff = BACKOFF_MIN_MS;
-        /* Exponential backoff with jitter so that many homes do not reconnect
-         * in lockstep after the public side restarts. */
+        if (r == SESSION_REPLACED)
+            backoff = BACKOFF_MAX_MS;
+        /* Exponential backoff with jitter (up to half the delay) so that many
+         * homes do not reconnect in lockstep after the public side restarts. */
         delay = backoff + (unsigned)(rand() % (int)(backoff / 2 + 1));
         if (delay > BACKOFF_MAX_MS)
             delay = BACKOFF_MAX_MS;
-        if (wait_or_stop(r == SESSION_WAS_UP ? 200 + delay / 5 : delay))
-            break;
+        if (r == SESSION_WAS_UP)
+            delay = (unsigned)(rand() % 1000); /* it was fine: come back quickly */
         log_info("ev=reconnecting after_ms=%u", delay);
+        if (wait_or_stop(delay))
+            break;
         backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
     }
     pthread_mutex_lock(&state_lock);

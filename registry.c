@@ -658,8 +658,12 @@ void registry_private_up(const char *name, struct tunnel *t, const char *addr)
     }
     pthread_mutex_unlock(&reg.lock);
     if (old) {
-        log_warn("ev=tunnel_replaced name=%s new=%s", name, addr);
-        tunnel_kill(old, "replaced by a newer tunnel of the same name");
+        char msg[160];
+        log_warn("ev=tunnel_replaced name=%s new=%s old=%s", name, addr, tunnel_addr(old));
+        /* Say why, so that a second proxy with the same name backs off
+         * instead of both taking turns forever. */
+        snprintf(msg, sizeof(msg), "replaced by a newer tunnel of the same name from %s", addr);
+        tunnel_fail(old, "replaced", msg);
         tunnel_unref(old);
     }
 }

@@ -95,6 +95,7 @@ struct tunnel {
     struct conn *buckets[CONN_BUCKETS];
     unsigned nconns;
     char dead_reason[128];
+    char peer_error[65];        /* code of an ERROR the peer sent; reader only */
 
     unsigned char *rbuf;        /* reader thread only */
     size_t rstart, rend;
@@ -229,6 +230,11 @@ const char *tunnel_name(const struct tunnel *t)
 const char *tunnel_addr(const struct tunnel *t)
 {
     return t->addr;
+}
+
+const char *tunnel_peer_error(const struct tunnel *t)
+{
+    return t->peer_error;
 }
 
 int tunnel_is_dead(const struct tunnel *t)
@@ -654,6 +660,8 @@ static int dispatch(struct tunnel *t, struct pkt *p, tunnel_op_fn fn, void *arg,
         return 0;
     case OP_ERROR: {
         char msg[100];
+        log_escape(json_string_value(json_object_get(p->json, "code")), t->peer_error,
+                   sizeof(t->peer_error));
         log_escape(json_string_value(json_object_get(p->json, "message")), msg, sizeof(msg));
         snprintf(err, errlen, "peer reported error: %s", msg);
         return -1;

@@ -59,6 +59,9 @@ void tunnel_set_name(struct tunnel *t, const char *name);
 const char *tunnel_name(const struct tunnel *t);
 const char *tunnel_addr(const struct tunnel *t);
 int tunnel_is_dead(const struct tunnel *t);
+/* The code of the ERROR the peer ended the tunnel with, or "" (reader thread,
+ * or after tunnel_run returned). */
+const char *tunnel_peer_error(const struct tunnel *t);
 
 /* Read one frame during the handshake (limit PKT_MAX_HEADER_PREAUTH), waiting at
  * most timeout_ms. 1 = frame in *p (pkt_clear it), 0 = closed, -1 = error in err. */
