@@ -334,6 +334,11 @@ int pkt_parse_frame(const unsigned char *buf, size_t avail, size_t max_header, s
     hdr = json_loadb((const char *)buf + PKT_FRAME_PREFIX, hlen,
                      JSON_REJECT_DUPLICATES, &jerr);
     if (!hdr) {
+        /* jansson quotes up to a few bytes of the peer's input: keep them
+         * from breaking the log line. */
+        for (char *c = jerr.text; *c; c++)
+            if (*c < 0x20 || *c > 0x7e || *c == '"' || *c == '\\')
+                *c = '?';
         snprintf(err, errlen, "bad JSON header: %.80s", jerr.text);
         return -1;
     }

@@ -283,7 +283,11 @@ static int on_build_connection(struct tunnel *t, struct pkt *p, void *arg)
     int port = (int)json_integer_value(json_object_get(p->json, "target_port"));
 
     (void)arg;
-    conn_start_private(t, p->conn, host, port, dial_allowed, &cfg.allow);
+    if (conn_start_private(t, p->conn, host, port, dial_allowed, &cfg.allow) == -2) {
+        log_warn("ev=protocol_error what=\"BUILD_CONNECTION reused live conn=%llu\"",
+                 (unsigned long long)p->conn);
+        return -1;
+    }
     return 0;
 }
 

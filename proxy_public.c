@@ -504,6 +504,12 @@ int main(int argc, char **argv)
     }
     if (!cfg.token)
         return 1;
+    if (strlen(cfg.token) > PKT_TOKEN_MAX) {
+        fprintf(stderr, "proxy_public: the token in %s/token is longer than %d bytes\n",
+                cfg.state_dir, PKT_TOKEN_MAX);
+        free(cfg.token);
+        return 1;
+    }
     if (!cfg.plaintext || cfg.web_https) {
         int made = 0;
         cfg.tls = tls_server_ctx(cfg.state_dir, cfg.cert_file, cfg.key_file, cfg.fingerprint, &made,
@@ -570,7 +576,8 @@ out_listen:
     shutdown(tunnel_listen_fd, SHUT_RDWR);
 out_registry:
     registry_shutdown();
-    deadline = mono_ms() + 5000;
+    /* Handshakes still running end by their own 10 s deadline. */
+    deadline = mono_ms() + HANDSHAKE_TIMEOUT_MS + 1000;
     while (tunnel_threads > 0 && mono_ms() < deadline)
         nanosleep(&ts, NULL);
     if (tunnel_listen_fd >= 0)

@@ -722,10 +722,10 @@ int registry_init(const char *state_dir, const char *bind_addr, int tunnel_port,
         struct app_spec s;
         char why[200];
         int created, lfd;
-        if (registry_spec_from_json(v, &s, why, sizeof(why)) != 0 || !s.private_name[0] ||
-            find_app(s.name)) {
-            log_error("ev=state_entry_skipped index=%zu err=\"%s\"", i,
-                      s.private_name[0] ? why : "no private");
+        if (registry_spec_from_json(v, &s, why, sizeof(why)) != 0 ||
+            (!s.private_name[0] && snprintf(why, sizeof(why), "no 'private'") > 0) ||
+            (find_app(s.name) && snprintf(why, sizeof(why), "duplicate name") > 0)) {
+            log_error("ev=state_entry_skipped index=%zu err=\"%s\"", i, why);
             continue;
         }
         get_priv_locked(s.private_name, &created);

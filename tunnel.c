@@ -39,7 +39,18 @@
 #define DEAD_AFTER_MS 15000
 #define CONNECT_WAIT_MS 15000            /* public side: BUILD_CONNECTION -> CONNECTED */
 #define DIAL_TIMEOUT_MS 10000
+#define DRAIN_AFTER_CLOSE_MS 60000       /* queued data a reader has this long to take */
 #define SEND_TIMEOUT_S 30                /* a tunnel that takes nothing for this long is dead */
+/* All connections together may hold this much data their socket has not taken
+ * yet; past it, the connection whose data does not fit is dropped. Each one is
+ * already capped by its window; this caps the sum. */
+#define QUEUE_BUDGET ((size_t)256 * 1024 * 1024)
+
+static _Atomic size_t queued_total;
+
+/* CLOSEs the reader wants sent go through the heartbeat thread: the reader
+ * itself never writes to the tunnel. */
+#define PENDING_CLOSE_MAX 256
 
 struct chunk {
     struct chunk *next;
@@ -67,6 +78,7 @@ struct conn {
     int peer_shut;              /* got SHUTDOWN */
     int peer_closed;            /* got CLOSE */
     int abort;                  /* drop now; reason in why */
+    int reset_after;            /* peer failed: flush the queue, then reset */
     char why[64];
     size_t inflight;            /* DATA bytes sent, not yet acknowledged */
     size_t rx_unacked;          /* DATA bytes received, not yet acknowledged */
@@ -96,6 +108,8 @@ struct tunnel {
     unsigned nconns;
     char dead_reason[128];
     char peer_error[65];        /* code of an ERROR the peer sent; reader only */
+    uint64_t pending_close[PENDING_CLOSE_MAX]; /* under lock; sent by the heartbeat thread */
+    unsigned npending;
 
     unsigned char *rbuf;        /* reader thread only */
     size_t rstart, rend;
@@ -422,7 +436,7 @@ static struct conn *conn_lookup(struct tunnel *t, uint64_t id)
     return c;
 }
 
-/* Insert c; fails when the tunnel is already dead or the id is taken. */
+/* Insert c: 0, -1 when the tunnel is already dead, -2 when the id is taken. */
 static int conn_insert(struct tunnel *t, struct conn *c)
 {
     struct conn *o;
@@ -431,9 +445,12 @@ static int conn_insert(struct tunnel *t, struct conn *c)
     pthread_mutex_lock(&t->lock);
     if (t->dead)
         goto out;
-    for (o = t->buckets[c->id % CONN_BUCKETS]; o; o = o->hnext)
-        if (o->id == c->id)
+    for (o = t->buckets[c->id % CONN_BUCKETS]; o; o = o->hnext) {
+        if (o->id == c->id) {
+            rc = -2;
             goto out;
+        }
+    }
     c->hnext = t->buckets[c->id % CONN_BUCKETS];
     t->buckets[c->id % CONN_BUCKETS] = c;
     t->nconns++;
@@ -472,6 +489,7 @@ static void conn_unref(struct conn *c)
         return;
     while ((ch = c->qhead)) {
         c->qhead = ch->next;
+        queued_total -= ch->len - ch->off;
         free(ch);
     }
     if (c->fd >= 0)
@@ -625,11 +643,18 @@ static void deliver_data(struct tunnel *t, struct conn *c, const struct pkt *p, 
         }
     }
     if (len > 0) {
+        if (queued_total + len > QUEUE_BUDGET) {
+            log_warn("ev=queue_budget_exceeded tunnel=%s conn=%llu queued_total=%zu",
+                     t->name, (unsigned long long)c->id, (size_t)queued_total);
+            conn_abort_locked(c, "too much data waiting for slow readers");
+            goto out;
+        }
         ch = malloc(sizeof(*ch) + len);
         if (!ch) {
             conn_abort_locked(c, "out of memory");
             goto out;
         }
+        queued_total += len;
         ch->next = NULL;
         ch->len = len;
         ch->off = 0;
@@ -712,7 +737,9 @@ static int dispatch(struct tunnel *t, struct pkt *p, tunnel_op_fn fn, void *arg,
                 char esc[48];
                 conn_abort_locked(c, log_escape(why ? why : "refused", esc, sizeof(esc)));
             } else if (why && strcmp(why, "done") != 0) {
-                conn_abort_locked(c, "peer reset");
+                /* The far end failed: still deliver what it sent before,
+                 * then reset our side too. */
+                c->reset_after = 1;
             }
         }
         conn_wake_locked(c);
@@ -758,26 +785,56 @@ void tunnel_run(struct tunnel *t, tunnel_op_fn fn, void *arg, char *why, size_t 
 
 /* ------------------------------------------------------------- heartbeat */
 
+/* Queue a CLOSE for conn id from the reader; the heartbeat thread sends it. */
+static void tunnel_defer_close(struct tunnel *t, uint64_t id)
+{
+    int full;
+
+    pthread_mutex_lock(&t->lock);
+    full = t->npending >= PENDING_CLOSE_MAX;
+    if (!full)
+        t->pending_close[t->npending++] = id;
+    pthread_cond_broadcast(&t->hb_cond);
+    pthread_mutex_unlock(&t->lock);
+    if (full)
+        tunnel_kill(t, "cannot start connections");
+}
+
 static void *heartbeat_main(void *arg)
 {
     struct tunnel *t = arg;
+    uint64_t closes[PENDING_CLOSE_MAX];
     unsigned beats = 0;
 
     pthread_setname_np(pthread_self(), "heartbeat");
     pthread_mutex_lock(&t->lock);
     while (!t->dead) {
         struct timespec ts;
+        unsigned n;
+        int beat = 0;
         clock_gettime(CLOCK_MONOTONIC, &ts);
         ts.tv_sec += HEARTBEAT_S;
-        while (!t->dead && pthread_cond_timedwait(&t->hb_cond, &t->lock, &ts) == 0)
-            ;
+        while (!t->dead && !t->npending) {
+            if (pthread_cond_timedwait(&t->hb_cond, &t->lock, &ts) != 0) {
+                beat = 1;
+                break;
+            }
+        }
         if (t->dead)
             break;
+        n = t->npending;
+        memcpy(closes, t->pending_close, n * sizeof(closes[0]));
+        t->npending = 0;
         pthread_mutex_unlock(&t->lock);
-        tunnel_send(t, packet(OP_PING, NULL), NULL, 0);
-        /* Give back what a burst of connections left free in malloc's arenas. */
-        if (++beats % 12 == 0)
-            malloc_trim(0);
+        for (unsigned i = 0; i < n; i++)
+            tunnel_send(t, packet(OP_CLOSE, "{s:I,s:s}", "conn", (json_int_t)closes[i], "reason",
+                                  "cannot start connection"), NULL, 0);
+        if (beat) {
+            tunnel_send(t, packet(OP_PING, NULL), NULL, 0);
+            /* Give back what a burst of connections left free in malloc's arenas. */
+            if (++beats % 12 == 0)
+                malloc_trim(0);
+        }
         pthread_mutex_lock(&t->lock);
     }
     pthread_mutex_unlock(&t->lock);
@@ -834,6 +891,7 @@ static void flush_queue_locked(struct conn *c)
         }
         ch->off += (size_t)w;
         c->qbytes -= (size_t)w;
+        queued_total -= (size_t)w;
         c->ack_due += (size_t)w;
         if (ch->off < ch->len)
             return;
@@ -854,7 +912,7 @@ static int relay(struct conn *c, const char **why)
     size_t bufsize = RELAY_CHUNK_START;
     unsigned char *buf = malloc(bufsize);
     int local_eof = 0, wr_shut = 0, rc = -1;
-    uint64_t connect_deadline = mono_ms() + CONNECT_WAIT_MS;
+    uint64_t connect_deadline = mono_ms() + CONNECT_WAIT_MS, drain_deadline = 0;
     sigset_t waitmask;
 
     if (!buf) {
@@ -894,10 +952,23 @@ static int relay(struct conn *c, const char **why)
             break;
         }
         if (c->peer_closed && !c->qhead && !ack) {
-            *why = "done";
+            *why = c->reset_after ? "peer reset" : "done";
             rc = 0;
             pthread_mutex_unlock(&c->lock);
             break;
+        }
+        if (c->peer_closed) {
+            /* Nothing more will come: give our socket a while to take the
+             * rest, then give up on a reader that has stopped. */
+            uint64_t now = mono_ms();
+            if (!drain_deadline)
+                drain_deadline = now + DRAIN_AFTER_CLOSE_MS;
+            if (now >= drain_deadline) {
+                *why = "the far end closed and this side stopped reading";
+                pthread_mutex_unlock(&c->lock);
+                goto out;
+            }
+            tsp = &ts;
         }
         if (c->inflight < t->peer_window)
             room = t->peer_window - c->inflight;
@@ -995,6 +1066,8 @@ static void conn_finish(struct conn *c, int orderly, const char *why)
     char esc[64];
 
     pthread_mutex_lock(&c->lock);
+    if (c->reset_after)
+        orderly = 0;
     if (c->fd >= 0) {
         if (!orderly) {
             /* Reset rather than FIN, so the other end sees the failure. */
@@ -1158,7 +1231,14 @@ int conn_start_private(struct tunnel *t, uint64_t id, const char *host, int port
     c->port = port;
     c->dial = dial;
     c->dial_arg = arg;
-    if (!c->host || conn_insert(t, c) != 0)
+    if (!c->host)
+        goto fail;
+    rc = conn_insert(t, c);
+    if (rc == -2) {
+        conn_unref(c);
+        return -2; /* the public side reused a live id: a broken peer */
+    }
+    if (rc != 0)
         goto fail;
     rc = thread_spawn(private_conn_main, c);
     if (rc != 0) {
@@ -1169,7 +1249,6 @@ int conn_start_private(struct tunnel *t, uint64_t id, const char *host, int port
     return 0;
 fail:
     conn_unref(c);
-    tunnel_send(t, packet(OP_CLOSE, "{s:I,s:s}", "conn", (json_int_t)id, "reason",
-                          "cannot start connection"), NULL, 0);
+    tunnel_defer_close(t, id);
     return -1;
 }

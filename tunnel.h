@@ -103,7 +103,9 @@ typedef int (*conn_dial_fn)(const char *host, int port, int timeout_ms, char *er
                             void *arg);
 
 /* Private side: dial host:port with dial(arg) for connection id and relay it.
- * 0 or -1 (then a CLOSE has been sent). */
+ * Called by the reader; never writes to the tunnel itself. 0; -1 when the
+ * connection could not be started (a CLOSE is queued); -2 when id is already
+ * in use (the peer is broken: end the tunnel). */
 int conn_start_private(struct tunnel *t, uint64_t id, const char *host, int port,
                        conn_dial_fn dial, void *arg);
 
