@@ -8,7 +8,8 @@
 # asan:    build/asan/ (make build/asan/proxy_public build/asan/proxy_private)
 # tsan:    build/tsan/
 #
-# Environment: BIN_DIR overrides the binaries' folder; PROXY_EXTRA_ARGS adds
+# Environment: BIN_DIR overrides the binaries' folder; JOBS=N runs the test
+# files in N parallel lanes (default 2; 1 = one after another); PROXY_EXTRA_ARGS adds
 # arguments to both programs; TESTS="test_api test_cli" runs only those files
 # (and skips the NAT, browser and fuzz suites).
 # Logs of every process go to tests/out/<run>/<test>/. Exit status is non-zero
@@ -51,10 +52,6 @@ done
 
 PASSED=""
 FAILED=""
-CHILD=""
-# timeout(1) runs in its own process group: pass a stop on to it.
-trap '[ -n "$CHILD" ] && kill "$CHILD" 2>/dev/null; exit 130' INT
-trap '[ -n "$CHILD" ] && kill "$CHILD" 2>/dev/null; exit 143' TERM
 record() { # name status
     if [ "$2" -eq 0 ]; then PASSED="$PASSED $1"; else FAILED="$FAILED $1"; fi
 }
@@ -66,24 +63,64 @@ else
     FILES=$(ls tests/test_*.py)
 fi
 
+# Test files run in JOBS parallel lanes (default 2: most of a test is waiting
+# on sockets and processes); every test has its own ports, processes and
+# state, so lanes never share anything.  JOBS=1 runs them one after another.
+JOBS=${JOBS:-2}
+case "$JOBS" in ''|*[!0-9]*|0) JOBS=1 ;; esac
+
+# One lane: runs its files in turn, each under timeout(1), and leaves the exit
+# status in $OUT/NAME.rc.  timeout(1) puts itself in its own process group, so
+# a stop of the lane is passed on to it.
+run_lane() {
+    CHILD=""
+    trap '[ -n "$CHILD" ] && kill "$CHILD" 2>/dev/null; exit 143' TERM INT
+    for f in "$@"; do
+        name=$(basename "$f" .py)
+        # -k: SIGKILL if the file does not stop within 10 s of the SIGTERM.
+        timeout -k 10 "$FILE_LIMIT" "$PY" "$f" >"$OUT/$name.txt" 2>&1 &
+        CHILD=$!
+        wait $CHILD
+        rc=$?
+        CHILD=""
+        if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+            echo "   TIMEOUT after ${FILE_LIMIT}s" >>"$OUT/$name.txt"
+        fi
+        echo $rc >"$OUT/$name.rc"
+    done
+}
+
 START=$(date +%s)
-echo "== integration tests, mode $MODE, binaries in $BIN_DIR, logs in $OUT"
+echo "== integration tests, mode $MODE, binaries in $BIN_DIR, logs in $OUT, $JOBS lane(s)"
+LANES=""
+lane=0
+while [ $lane -lt "$JOBS" ]; do
+    i=0
+    mine=""
+    for f in $FILES; do
+        [ $((i % JOBS)) -eq $lane ] && mine="$mine $f"
+        i=$((i + 1))
+    done
+    if [ -n "$mine" ]; then
+        # shellcheck disable=SC2086 # a list of file names without spaces
+        run_lane $mine &
+        LANES="$LANES $!"
+    fi
+    lane=$((lane + 1))
+done
+trap 'kill $LANES 2>/dev/null; exit 130' INT
+trap 'kill $LANES 2>/dev/null; exit 143' TERM
+for p in $LANES; do wait "$p"; done
+trap - INT TERM
+
 for f in $FILES; do
     name=$(basename "$f" .py)
     echo "-- $name"
-    # -k: SIGKILL if the file does not stop within 10 s of the SIGTERM.
-    timeout -k 10 "$FILE_LIMIT" "$PY" "$f" >"$OUT/$name.txt" 2>&1 &
-    CHILD=$!
-    wait $CHILD
-    rc=$?
-    CHILD=""
-    if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
-        echo "   TIMEOUT after ${FILE_LIMIT}s" >>"$OUT/$name.txt"
-    fi
     # Show unittest's per-test lines and any failure details.
     sed -n -e '/ \.\.\. /p' -e '/^FAIL:/p' -e '/^ERROR:/p' -e '/^Ran /p' -e '/^OK/p' \
-        -e '/^FAILED/p' -e '/TIMEOUT/p' "$OUT/$name.txt" | sed 's/^/   /'
-    record "$name" $rc
+        -e '/^FAILED/p' -e '/TIMEOUT/p' "$OUT/$name.txt" 2>/dev/null | sed 's/^/   /'
+    rc=$(cat "$OUT/$name.rc" 2>/dev/null || echo 1)
+    record "$name" "$rc"
 done
 
 # The other suites run in release mode, unless TESTS picked some files.
