@@ -34,7 +34,12 @@
 #define CONN_BUCKETS 4096
 #define RELAY_CHUNK (256 * 1024)         /* most bytes read from a socket per DATA frame */
 #define RELAY_CHUNK_START (16 * 1024)    /* first buffer; grown once a read fills it */
-#define READ_BUF_SIZE (PKT_MAX_FRAME + 64 * 1024)
+/* Several frames' worth, so that moving a partial frame to the front (to make
+ * room for the rest of it) happens once every few frames, not for each one. */
+#define READ_BUF_SIZE (4 * PKT_MAX_FRAME)
+/* Room kept in front of relay buffers for the frame header, so that a DATA
+ * frame goes to TLS as one contiguous piece without copying its payload. */
+#define HEADROOM 512
 #define HEARTBEAT_S 5
 #define DEAD_AFTER_MS 15000
 #define CONNECT_WAIT_MS 15000            /* public side: BUILD_CONNECTION -> CONNECTED */
@@ -348,7 +353,17 @@ static ssize_t tunnel_recv(struct tunnel *t, void *buf, size_t len)
     }
 }
 
+static int tunnel_send_ex(struct tunnel *t, json_t *hdr, const void *payload, size_t len,
+                          size_t headroom);
+
 int tunnel_send(struct tunnel *t, json_t *hdr, const void *payload, size_t len)
+{
+    return tunnel_send_ex(t, hdr, payload, len, 0);
+}
+
+/* tunnel_send, where payload may have `headroom` writable bytes before it. */
+static int tunnel_send_ex(struct tunnel *t, json_t *hdr, const void *payload, size_t len,
+                          size_t headroom)
 {
     unsigned char small[512];
     unsigned char *buf = small;
@@ -375,7 +390,13 @@ int tunnel_send(struct tunnel *t, json_t *hdr, const void *payload, size_t len)
     iovcnt = payload && len ? 2 : 1;
 
     pthread_mutex_lock(&t->wlock);
-    if (t->ssl) {
+    if (t->ssl && iovcnt == 2 && (size_t)n <= headroom) {
+        /* Header right in front of the payload: one SSL_write, no copy. */
+        unsigned char *start = (unsigned char *)payload - n;
+        memcpy(start, buf, (size_t)n);
+        if (!t->dead)
+            rc = tls_write_all(t, start, (size_t)n + len);
+    } else if (t->ssl) {
         /* One SSL_write per frame: fewer, fuller TLS records than two calls. */
         if (!t->wbuf)
             t->wbuf = malloc(PKT_MAX_FRAME);
@@ -910,7 +931,8 @@ static int relay(struct conn *c, const char **why)
     /* Most connections move little: start with a small buffer and grow it the
      * first time a read fills it, so idle connections cost little memory. */
     size_t bufsize = RELAY_CHUNK_START;
-    unsigned char *buf = malloc(bufsize);
+    unsigned char *mem = malloc(HEADROOM + bufsize);
+    unsigned char *buf = mem ? mem + HEADROOM : NULL;
     int local_eof = 0, wr_shut = 0, rc = -1;
     uint64_t connect_deadline = mono_ms() + CONNECT_WAIT_MS, drain_deadline = 0;
     sigset_t waitmask;
@@ -1026,17 +1048,18 @@ static int relay(struct conn *c, const char **why)
                 pthread_mutex_unlock(&c->lock);
                 if (c->stats)
                     c->stats->bytes_in += (uint64_t)n;
-                if (tunnel_send(t, packet(OP_DATA, "{s:I,s:I}", "conn", (json_int_t)c->id, "len",
-                                          (json_int_t)n),
-                                buf, (size_t)n) != 0) {
+                if (tunnel_send_ex(t, packet(OP_DATA, "{s:I,s:I}", "conn", (json_int_t)c->id,
+                                             "len", (json_int_t)n),
+                                   buf, (size_t)n, HEADROOM) != 0) {
                     *why = "tunnel down";
                     goto out;
                 }
                 if ((size_t)n == bufsize && bufsize < RELAY_CHUNK) {
-                    unsigned char *bigger = malloc(RELAY_CHUNK);
+                    unsigned char *bigger = malloc(HEADROOM + RELAY_CHUNK);
                     if (bigger) {
-                        free(buf);
-                        buf = bigger;
+                        free(mem);
+                        mem = bigger;
+                        buf = mem + HEADROOM;
                         bufsize = RELAY_CHUNK;
                     }
                 }
@@ -1054,7 +1077,7 @@ static int relay(struct conn *c, const char **why)
         }
     }
 out:
-    free(buf);
+    free(mem);
     return rc;
 }
 
