@@ -348,7 +348,14 @@ static ssize_t tunnel_recv(struct tunnel *t, void *buf, size_t len)
                 return 0;
             continue;
         }
-        errno = EPROTO; /* bad record, or the peer vanished mid-record */
+        if (r == -SSL_ERROR_SYSCALL ||
+            (r == -SSL_ERROR_SSL &&
+             ERR_GET_REASON(ERR_peek_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING)) {
+            ERR_clear_error();
+            return 0; /* the peer went away without a TLS goodbye */
+        }
+        ERR_clear_error();
+        errno = EPROTO; /* a record that does not decrypt: corrupted or forged */
         return -1;
     }
 }
