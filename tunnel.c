@@ -331,7 +331,22 @@ static ssize_t tunnel_recv(struct tunnel *t, void *buf, size_t len)
         return recv(t->fd, buf, len, 0);
     for (;;) {
         size_t n = 0;
-        int r = tls_call(t, 0, buf, len, &n);
+        int r, pending;
+
+        /* Wait for the socket first when OpenSSL holds nothing unread: saves
+         * the read that would only say "nothing yet". */
+        pthread_mutex_lock(&t->ssl_lock);
+        pending = SSL_has_pending(t->ssl);
+        pthread_mutex_unlock(&t->ssl_lock);
+        if (!pending) {
+            struct pollfd pfd = {.fd = t->fd, .events = POLLIN};
+            int pr = poll(&pfd, 1, 1000);
+            if (pr == 0 || (pr < 0 && errno == EINTR)) {
+                errno = EAGAIN;
+                return -1;
+            }
+        }
+        r = tls_call(t, 0, buf, len, &n);
         if (r == 1)
             return (ssize_t)n;
         if (r == -SSL_ERROR_ZERO_RETURN)
