@@ -40,6 +40,8 @@
 /* Room kept in front of relay buffers for the frame header, so that a DATA
  * frame goes to TLS as one contiguous piece without copying its payload. */
 #define HEADROOM 512
+/* TLS records of one frame are gathered here and written together. */
+#define WRITE_BIO_SIZE (PKT_MAX_FRAME + 64 * 1024)
 #define HEARTBEAT_S 5
 #define DEAD_AFTER_MS 15000
 #define CONNECT_WAIT_MS 15000            /* public side: BUILD_CONNECTION -> CONNECTED */
@@ -206,8 +208,20 @@ struct tunnel *tunnel_new(int fd, SSL *ssl, const char *name, const char *addr, 
     net_tune(fd);
     /* With TLS the reader and writers share one SSL object under ssl_lock, so
      * nobody may block inside OpenSSL while holding it: non-blocking + poll. */
-    if (ssl)
+    if (ssl) {
+        /* OpenSSL writes each 16 KiB record with its own write(): put a
+         * buffer in front of the socket so a whole frame leaves in one. */
+        BIO *buf = BIO_new(BIO_f_buffer());
+        BIO *sock = BIO_new_socket(fd, BIO_NOCLOSE);
+        if (buf && sock && BIO_set_write_buffer_size(buf, WRITE_BIO_SIZE) == 1) {
+            BIO_push(buf, sock);
+            SSL_set0_wbio(ssl, buf);
+        } else {
+            BIO_free(buf);
+            BIO_free(sock);
+        }
         net_set_nonblock(fd, 1);
+    }
     return t;
 }
 
@@ -293,12 +307,44 @@ static void tls_wait(struct tunnel *t, int want, int ms)
     (void)poll(&pfd, 1, ms);
 }
 
+/* Push what the write BIO holds to the socket. 1 done, 0 try later, -1 error. */
+static int tls_flush(struct tunnel *t)
+{
+    BIO *w;
+    int r, retry;
+
+    pthread_mutex_lock(&t->ssl_lock);
+    w = SSL_get_wbio(t->ssl);
+    r = BIO_flush(w);
+    retry = r != 1 && BIO_should_retry(w);
+    pthread_mutex_unlock(&t->ssl_lock);
+    return r == 1 ? 1 : retry ? 0 : -1;
+}
+
 /* Write all of buf through TLS; gives up after SEND_TIMEOUT_S without progress. */
 static int tls_write_all(struct tunnel *t, unsigned char *buf, size_t len)
 {
     uint64_t give_up = mono_ms() + SEND_TIMEOUT_S * 1000u;
 
-    while (len > 0) {
+    for (;;) {
+        int f;
+        if (len == 0) {
+            f = tls_flush(t);
+            if (f == 1)
+                return 0;
+            if (f < 0) {
+                errno = EPIPE;
+                return -1;
+            }
+            if (t->dead)
+                return -1;
+            if (mono_ms() >= give_up) {
+                errno = EAGAIN;
+                return -1;
+            }
+            tls_wait(t, SSL_ERROR_WANT_WRITE, 1000);
+            continue;
+        }
         size_t n = 0;
         int r;
         if (t->dead)
@@ -320,7 +366,6 @@ static int tls_write_all(struct tunnel *t, unsigned char *buf, size_t len)
         }
         tls_wait(t, -r, 1000);
     }
-    return 0;
 }
 
 /* recv() for the reader: >0 bytes, 0 end, -1 with errno (EAGAIN: a second
