@@ -20,6 +20,19 @@
 #include <time.h>
 #include <unistd.h>
 
+int net_parse_port(const char *s, int *out)
+{
+    char *end;
+    long v;
+
+    errno = 0;
+    v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < 1 || v > 65535)
+        return -1;
+    *out = (int)v;
+    return 0;
+}
+
 uint64_t mono_ms(void)
 {
     struct timespec ts;

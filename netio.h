@@ -16,6 +16,9 @@
 #define THREAD_STACK_SIZE (64 * 1024)
 #endif
 
+/* Parse a port number 1..65535 (the whole string). 0 or -1. */
+int net_parse_port(const char *s, int *out);
+
 /* Milliseconds on CLOCK_MONOTONIC. */
 uint64_t mono_ms(void);
 

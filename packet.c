@@ -82,7 +82,8 @@ void pkt_clear(struct pkt *p)
     memset(p, 0, sizeof(*p));
 }
 
-int pkt_valid_name(const char *s)
+/* 1 when s is 1..max bytes of letters, digits and the characters in extra. */
+static int valid_chars(const char *s, size_t max, const char *extra)
 {
     size_t n = 0;
 
@@ -90,30 +91,23 @@ int pkt_valid_name(const char *s)
         return 0;
     for (; s[n]; n++) {
         char c = s[n];
-        if (n >= PKT_NAME_MAX)
+        if (n >= max)
             return 0;
         if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == '-'))
+              strchr(extra, c)))
             return 0;
     }
     return n > 0;
 }
 
+int pkt_valid_name(const char *s)
+{
+    return valid_chars(s, PKT_NAME_MAX, "._-");
+}
+
 int pkt_valid_host(const char *s)
 {
-    size_t n = 0;
-
-    if (!s)
-        return 0;
-    for (; s[n]; n++) {
-        char c = s[n];
-        if (n >= PKT_HOST_MAX)
-            return 0;
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == ':' || c == '_' || c == '-'))
-            return 0;
-    }
-    return n > 0;
+    return valid_chars(s, PKT_HOST_MAX, ".:_-");
 }
 
 /* Fetch an integer member in [min, max]. A missing member is an error when

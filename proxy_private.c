@@ -83,19 +83,6 @@ static void usage(FILE *f)
             "  --version            show the version\n");
 }
 
-static int parse_port(const char *s, int *out)
-{
-    char *end;
-    long v;
-
-    errno = 0;
-    v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < 1 || v > 65535)
-        return -1;
-    *out = (int)v;
-    return 0;
-}
-
 /* NAME:PUBLIC_PORT:TARGET_HOST:TARGET_PORT; the host may hold colons (IPv6),
  * optionally in brackets, so the last colon ends it. */
 static int parse_register(const char *arg, struct app_req *r)
@@ -123,8 +110,8 @@ static int parse_register(const char *arg, struct app_req *r)
         host[strlen(host) - 1] = '\0';
         host++;
     }
-    if (!pkt_valid_name(buf) || !pkt_valid_host(host) || parse_port(p1, &r->public_port) != 0 ||
-        parse_port(last, &r->target_port) != 0)
+    if (!pkt_valid_name(buf) || !pkt_valid_host(host) || net_parse_port(p1, &r->public_port) != 0 ||
+        net_parse_port(last, &r->target_port) != 0)
         return -1;
     snprintf(r->name, sizeof(r->name), "%.64s", buf);
     snprintf(r->host, sizeof(r->host), "%.253s", host);
@@ -218,7 +205,7 @@ static int parse_args(int argc, char **argv)
             cfg.host = a;
             pos++;
         } else if (pos == 1) {
-            if (parse_port(a, &cfg.port) != 0) {
+            if (net_parse_port(a, &cfg.port) != 0) {
                 fprintf(stderr, "proxy_private: TUNNEL_PORT '%s' is not a port number (1-65535)\n", a);
                 return -1;
             }

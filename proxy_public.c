@@ -78,19 +78,6 @@ static void usage(FILE *f)
             "GET /list, GET /metrics; the page is at GET /. See docs/API.md.\n");
 }
 
-static int parse_port(const char *s, int *out)
-{
-    char *end;
-    long v;
-
-    errno = 0;
-    v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < 1 || v > 65535)
-        return -1;
-    *out = (int)v;
-    return 0;
-}
-
 static int parse_args(int argc, char **argv)
 {
     int pos = 0;
@@ -157,7 +144,7 @@ static int parse_args(int argc, char **argv)
                 return -1;
             }
         } else if (pos < 2) {
-            if (parse_port(a, pos == 0 ? &cfg.tunnel_port : &cfg.web_port) != 0) {
+            if (net_parse_port(a, pos == 0 ? &cfg.tunnel_port : &cfg.web_port) != 0) {
                 fprintf(stderr, "proxy_public: %s '%s' is not a port number (1-65535)\n",
                         pos == 0 ? "TUNNEL_PORT" : "WEB_PORT", a);
                 return -1;
@@ -175,9 +162,6 @@ static int parse_args(int argc, char **argv)
     if (!cfg.cert_file != !cfg.key_file) {
         fprintf(stderr, "proxy_public: --cert and --key go together\n");
         return -1;
-    }
-    if (cfg.plaintext && cfg.web_https && !cfg.cert_file) {
-        /* Allowed: the web port still gets the state directory's certificate. */
     }
     if (cfg.tunnel_port == cfg.web_port) {
         fprintf(stderr, "proxy_public: TUNNEL_PORT and WEB_PORT must differ\n");

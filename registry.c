@@ -106,7 +106,7 @@ static int save_locked(const struct app_spec *extra, const struct app *skip, cha
                        size_t errlen)
 {
     json_t *root = json_object(), *apps = json_array(), *privs = json_array();
-    char *text = NULL;
+    char *text = NULL, why[200];
     int rc = -1;
 
     if (!root || !apps || !privs)
@@ -125,7 +125,11 @@ static int save_locked(const struct app_spec *extra, const struct app *skip, cha
     text = json_dumps(root, JSON_INDENT(2) | JSON_SORT_KEYS);
     if (!text)
         goto oom;
-    rc = state_write_atomic(reg.state_dir, STATE_FILE, text, strlen(text), err, errlen);
+    if (state_write_atomic(reg.state_dir, STATE_FILE, text, strlen(text), why, sizeof(why)) != 0) {
+        snprintf(err, errlen, "could not save the change, nothing was changed: %s", why);
+        goto out;
+    }
+    rc = 0;
     goto out;
 oom:
     snprintf(err, errlen, "out of memory");
@@ -430,9 +434,6 @@ int registry_register(const struct app_spec *in, int from_private, char *err, si
         /* Same port, new target: update in place; the acceptor reads the spec
          * under the lock for every client. */
         if (save_locked(&s, old, err, errlen) != 0) {
-            char why[200];
-            snprintf(why, sizeof(why), "%s", err);
-            snprintf(err, errlen, "could not save the registration: %s", why);
             status = 500;
             goto out;
         }
@@ -458,9 +459,6 @@ int registry_register(const struct app_spec *in, int from_private, char *err, si
         goto out;
     }
     if (save_locked(&s, old, err, errlen) != 0) {
-        char why[200];
-        snprintf(why, sizeof(why), "%s", err);
-        snprintf(err, errlen, "could not save the registration: %s", why);
         close(lfd);
         status = 500;
         goto out;
@@ -491,9 +489,6 @@ int registry_unregister(const char *name, char *err, size_t errlen)
         snprintf(err, errlen, "no app named '%s'", name ? name : "");
         status = 404;
     } else if (save_locked(NULL, a, err, errlen) != 0) {
-        char why[200];
-        snprintf(why, sizeof(why), "%s", err);
-        snprintf(err, errlen, "could not save: %s", why);
         status = 500;
     } else {
         log_info("ev=app_unregistered app=%s", a->spec.name);
