@@ -999,15 +999,16 @@ static int relay(struct conn *c, const char **why)
      * first time a read fills it, so idle connections cost little memory. */
     size_t bufsize = RELAY_CHUNK_START;
     unsigned char *mem = malloc(HEADROOM + bufsize);
-    unsigned char *buf = mem ? mem + HEADROOM : NULL;
+    unsigned char *buf;
     int local_eof = 0, wr_shut = 0, rc = -1;
     uint64_t connect_deadline = mono_ms() + CONNECT_WAIT_MS, drain_deadline = 0;
     sigset_t waitmask;
 
-    if (!buf) {
+    if (!mem) {
         *why = "out of memory";
         return -1;
     }
+    buf = mem + HEADROOM;
     pthread_sigmask(SIG_SETMASK, NULL, &waitmask);
     sigdelset(&waitmask, SIGUSR1);
 
