@@ -18,7 +18,7 @@
 #define PKT_MAX_DATA 262144                /* payload of one DATA frame */
 #define PKT_WINDOW_MIN 65536
 #define PKT_WINDOW_MAX (16 * 1024 * 1024)
-#define PKT_WINDOW_DEFAULT (1024 * 1024)
+#define PKT_WINDOW_DEFAULT (4 * 1024 * 1024)
 #define PKT_NAME_MAX 64
 #define PKT_TOKEN_MAX 256
 #define PKT_HOST_MAX 253

@@ -49,7 +49,7 @@ def _size(env, soak, per_mode):
 
 CONNS = _size("FAULT_CONNS", 10000, {"release": 1000, "asan": 300, "tsan": 150})
 CHURN = _size("FAULT_CHURN", 20000, {"release": 2000, "asan": 600, "tsan": 300})
-STALL = _size("FAULT_STALL_MIB", 1024, {"release": 64, "asan": 16, "tsan": 8}) << 20
+STALL = _size("FAULT_STALL_MIB", 1024, {"release": 64, "asan": 32, "tsan": 16}) << 20
 # Memory growth allowed on each proxy while a peer stalls (the design bounds it
 # by one 1 MiB window per connection and direction, plus socket buffers).
 STALL_RSS_GROWTH_KIB = 64 * 1024
