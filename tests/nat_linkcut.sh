@@ -54,21 +54,8 @@ WEB=6311
 APP=8081
 HTTP=8001
 
-cleanup() {
-    for p in $PIDS; do kill "$p" 2>/dev/null; done
-    i=0
-    while [ $i -lt 50 ]; do
-        alive=""
-        for p in $PIDS; do kill -0 "$p" 2>/dev/null && alive="$alive $p"; done
-        [ -z "$alive" ] && break
-        i=$((i + 1))
-        sleep 0.1
-    done
-    for p in $PIDS; do kill -9 "$p" 2>/dev/null; done
-    for n in $NS_PUB $NS_RTR $NS_HOME; do ip netns del "$n" 2>/dev/null; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
+. tests/netns_lib.sh  # (the script has cd-ed to the repository)
+trap netns_cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
@@ -83,9 +70,6 @@ fail() {
 }
 
 step() { echo "nat_linkcut: $*"; }
-. tests/netns_lib.sh  # (the script has cd-ed to the repository)
-in_pub() { ip netns exec "$NS_PUB" "$@"; }
-in_home() { ip netns exec "$NS_HOME" "$@"; }
 now() { cut -d' ' -f1 /proc/uptime | cut -d. -f1; }
 
 # ---- the network (as in docs: home behind a masquerading router)

@@ -3,6 +3,26 @@
 # MARK (text of the page), PIDS (started programs), and a fail() function.
 # Only documentation address ranges (RFC 5737) are used.
 
+in_pub() { ip netns exec "$NS_PUB" "$@"; }
+in_home() { ip netns exec "$NS_HOME" "$@"; }
+
+# Stop the started programs (SIGTERM, then SIGKILL after 5 s), delete the
+# namespaces and the temporary directory. Meant for `trap netns_cleanup EXIT`.
+netns_cleanup() {
+    for p in $PIDS; do kill "$p" 2>/dev/null; done
+    _i=0
+    while [ $_i -lt 50 ]; do
+        _alive=""
+        for p in $PIDS; do kill -0 "$p" 2>/dev/null && _alive="$_alive $p"; done
+        [ -z "$_alive" ] && break
+        _i=$((_i + 1))
+        sleep 0.1
+    done
+    for p in $PIDS; do kill -9 "$p" 2>/dev/null; done
+    for n in $NS_PUB $NS_RTR $NS_HOME; do ip netns del "$n" 2>/dev/null; done
+    rm -rf "$TMP"
+}
+
 # pub (203.0.113.10) -- rtr (203.0.113.2 | 192.0.2.1, masquerading) -- home (192.0.2.2):
 # home reaches pub only through the router's NAT; pub cannot reach home.
 netns_make_nat() {
@@ -49,7 +69,7 @@ netns_start_home_web() {
         --directory "$TMP/www" >"$OUT/http.log" 2>&1 &
     PIDS="$PIDS $!"
     _i=0
-    until ip netns exec "$NS_HOME" curl -s -o /dev/null --max-time 2 "http://192.0.2.2:$HTTP/"; do
+    until in_home curl -s -o /dev/null --max-time 2 "http://192.0.2.2:$HTTP/"; do
         _i=$((_i + 1)); [ $_i -lt 100 ] || fail "web server in home did not start"
         sleep 0.1
     done
