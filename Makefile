@@ -13,7 +13,7 @@ LDFLAGS += -pie -Wl,-z,relro,-z,now
 LIBS    := -ljansson -lssl -lcrypto -lpthread
 PUB_LIBS := -lcivetweb -ldl
 
-COMMON_SRC := packet.c log.c netio.c tunnel.c tls.c state.c
+COMMON_SRC := packet.c log.c netio.c tunnel.c tls.c tls_records.c state.c
 PUBLIC_SRC := proxy_public.c registry.c web_api.c ratelimit.c web_tls.c build/web_assets.c
 PRIVATE_SRC := proxy_private.c allow.c
 HEADERS := $(wildcard *.h)

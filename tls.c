@@ -23,6 +23,7 @@
 
 #include "netio.h"
 #include "state.h"
+#include "tls_records.h"
 
 #define CIPHERSUITES "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384"
 #define CERT_DAYS 3650
@@ -114,8 +115,9 @@ static int ctx_common(SSL_CTX *ctx)
 {
     /* Read ahead: take whatever the socket has in one read instead of two
      * reads (header, body) per 16 KiB record. */
-    SSL_CTX_set_read_ahead(ctx, 1);
+    SSL_CTX_set_read_ahead(ctx, 1); /* the web port; tunnels turn it off */
     SSL_CTX_set_default_read_buffer_len(ctx, 128 * 1024);
+    tls_records_ctx_init(ctx);
     return SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION) == 1 &&
            SSL_CTX_set_ciphersuites(ctx, CIPHERSUITES) == 1;
 }
@@ -319,7 +321,8 @@ int tls_handshake(SSL *ssl, int fd, int is_server, int timeout_ms, char *err, si
     char ebuf[200];
     int rc = -1;
 
-    if (SSL_set_fd(ssl, fd) != 1 || net_set_nonblock(fd, 1) != 0) {
+    if (tls_records_prepare(ssl) != 0 || SSL_set_fd(ssl, fd) != 1 ||
+        net_set_nonblock(fd, 1) != 0) {
         snprintf(err, errlen, "cannot set up TLS on the socket");
         return -1;
     }

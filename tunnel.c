@@ -25,11 +25,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <openssl/err.h>
 #include <openssl/ssl.h>
 
 #include "log.h"
 #include "netio.h"
+#include "tls_records.h"
 
 #define CONN_BUCKETS 4096
 #define RELAY_CHUNK (256 * 1024)         /* most bytes read from a socket per DATA frame */
@@ -37,11 +37,6 @@
 /* Several frames' worth, so that moving a partial frame to the front (to make
  * room for the rest of it) happens once every few frames, not for each one. */
 #define READ_BUF_SIZE (4 * PKT_MAX_FRAME)
-/* Room kept in front of relay buffers for the frame header, so that a DATA
- * frame goes to TLS as one contiguous piece without copying its payload. */
-#define HEADROOM 512
-/* TLS records of one frame are gathered here and written together. */
-#define WRITE_BIO_SIZE (PKT_MAX_FRAME + 64 * 1024)
 #define HEARTBEAT_S 5
 #define DEAD_AFTER_MS 15000
 #define CONNECT_WAIT_MS 15000            /* public side: BUILD_CONNECTION -> CONNECTED */
@@ -97,9 +92,8 @@ struct conn {
 struct tunnel {
     _Atomic int refs;
     int fd;
-    SSL *ssl;                   /* NULL in plaintext mode */
-    pthread_mutex_t ssl_lock;   /* OpenSSL objects are not safe for two threads */
-    unsigned char *wbuf;        /* TLS: header and payload joined, under wlock */
+    struct tls_records *tls;    /* NULL in plaintext mode; tx under wlock, rx reader's */
+    unsigned char *wbuf;        /* TLS: the records of one frame, under wlock */
     int is_public;
     char name[PKT_NAME_MAX + 1];
     char addr[64];
@@ -185,9 +179,23 @@ struct tunnel *tunnel_new(int fd, SSL *ssl, const char *name, const char *addr, 
         free(t);
         return NULL;
     }
+    if (ssl) {
+        /* OpenSSL did the handshake; the records are ours from here on. */
+        char err[120];
+        t->tls = tls_records_new(ssl, is_public, err, sizeof(err));
+        t->wbuf = t->tls ? malloc(tls_records_seal_bound(PKT_MAX_FRAME)) : NULL;
+        if (!t->wbuf) {
+            log_warn("ev=tls_takeover_failed peer=%s err=\"%s\"", addr ? addr : "",
+                     t->tls ? "out of memory" : err);
+            tls_records_free(t->tls);
+            free(t->rbuf);
+            free(t);
+            return NULL;
+        }
+        SSL_free(ssl);
+    }
     t->refs = 1;
     t->fd = fd;
-    t->ssl = ssl;
     t->is_public = is_public;
     t->my_window = PKT_WINDOW_DEFAULT;
     t->peer_window = PKT_WINDOW_DEFAULT;
@@ -196,7 +204,6 @@ struct tunnel *tunnel_new(int fd, SSL *ssl, const char *name, const char *addr, 
     snprintf(t->addr, sizeof(t->addr), "%s", addr ? addr : "");
     pthread_mutex_init(&t->wlock, NULL);
     pthread_mutex_init(&t->lock, NULL);
-    pthread_mutex_init(&t->ssl_lock, NULL);
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&t->hb_cond, &ca);
@@ -206,22 +213,6 @@ struct tunnel *tunnel_new(int fd, SSL *ssl, const char *name, const char *addr, 
     (void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &stv, sizeof(stv));
     net_tune(fd);
-    /* With TLS the reader and writers share one SSL object under ssl_lock, so
-     * nobody may block inside OpenSSL while holding it: non-blocking + poll. */
-    if (ssl) {
-        /* OpenSSL writes each 16 KiB record with its own write(): put a
-         * buffer in front of the socket so a whole frame leaves in one. */
-        BIO *buf = BIO_new(BIO_f_buffer());
-        BIO *sock = BIO_new_socket(fd, BIO_NOCLOSE);
-        if (buf && sock && BIO_set_write_buffer_size(buf, WRITE_BIO_SIZE) == 1) {
-            BIO_push(buf, sock);
-            SSL_set0_wbio(ssl, buf);
-        } else {
-            BIO_free(buf);
-            BIO_free(sock);
-        }
-        net_set_nonblock(fd, 1);
-    }
     return t;
 }
 
@@ -234,12 +225,11 @@ void tunnel_unref(struct tunnel *t)
 {
     if (!t || --t->refs > 0)
         return;
-    SSL_free(t->ssl);
+    tls_records_free(t->tls);
     close(t->fd);
     free(t->wbuf);
     pthread_mutex_destroy(&t->wlock);
     pthread_mutex_destroy(&t->lock);
-    pthread_mutex_destroy(&t->ssl_lock);
     pthread_cond_destroy(&t->hb_cond);
     free(t->rbuf);
     free(t);
@@ -285,152 +275,38 @@ unsigned tunnel_conn_count(struct tunnel *t)
     return n;
 }
 
-/* One OpenSSL call under ssl_lock; returns 1 or the SSL_get_error code. */
-static int tls_call(struct tunnel *t, int writing, void *buf, size_t len, size_t *done)
-{
-    int r, e = SSL_ERROR_NONE;
-
-    pthread_mutex_lock(&t->ssl_lock);
-    ERR_clear_error();
-    r = writing ? SSL_write_ex(t->ssl, buf, len, done) : SSL_read_ex(t->ssl, buf, len, done);
-    if (r != 1)
-        e = SSL_get_error(t->ssl, r);
-    pthread_mutex_unlock(&t->ssl_lock);
-    return r == 1 ? 1 : -e;
-}
-
-/* Wait up to ms for the tunnel socket; what the last SSL call asked for. */
-static void tls_wait(struct tunnel *t, int want, int ms)
-{
-    struct pollfd pfd = {.fd = t->fd, .events = want == SSL_ERROR_WANT_WRITE ? POLLOUT : POLLIN};
-
-    (void)poll(&pfd, 1, ms);
-}
-
-/* Push what the write BIO holds to the socket. 1 done, 0 try later, -1 error. */
-static int tls_flush(struct tunnel *t)
-{
-    BIO *w;
-    int r, retry;
-
-    pthread_mutex_lock(&t->ssl_lock);
-    w = SSL_get_wbio(t->ssl);
-    r = BIO_flush(w);
-    retry = r != 1 && BIO_should_retry(w);
-    pthread_mutex_unlock(&t->ssl_lock);
-    return r == 1 ? 1 : retry ? 0 : -1;
-}
-
-/* Write all of buf through TLS; gives up after SEND_TIMEOUT_S without progress. */
-static int tls_write_all(struct tunnel *t, unsigned char *buf, size_t len)
-{
-    uint64_t give_up = mono_ms() + SEND_TIMEOUT_S * 1000u;
-
-    for (;;) {
-        int f;
-        if (len == 0) {
-            f = tls_flush(t);
-            if (f == 1)
-                return 0;
-            if (f < 0) {
-                errno = EPIPE;
-                return -1;
-            }
-            if (t->dead)
-                return -1;
-            if (mono_ms() >= give_up) {
-                errno = EAGAIN;
-                return -1;
-            }
-            tls_wait(t, SSL_ERROR_WANT_WRITE, 1000);
-            continue;
-        }
-        size_t n = 0;
-        int r;
-        if (t->dead)
-            return -1;
-        r = tls_call(t, 1, buf, len, &n);
-        if (r == 1) {
-            buf += n;
-            len -= n;
-            give_up = mono_ms() + SEND_TIMEOUT_S * 1000u;
-            continue;
-        }
-        if (r != -SSL_ERROR_WANT_WRITE && r != -SSL_ERROR_WANT_READ) {
-            errno = EPIPE;
-            return -1;
-        }
-        if (mono_ms() >= give_up) {
-            errno = EAGAIN;
-            return -1;
-        }
-        tls_wait(t, -r, 1000);
-    }
-}
-
 /* recv() for the reader: >0 bytes, 0 end, -1 with errno (EAGAIN: a second
  * passed with nothing, so the caller can check its deadline). */
 static ssize_t tunnel_recv(struct tunnel *t, void *buf, size_t len)
 {
-    if (!t->ssl)
-        return recv(t->fd, buf, len, 0);
-    for (;;) {
-        size_t n = 0;
-        int r, pending;
+    if (t->tls)
+        return tls_records_recv(t->tls, t->fd, buf, len);
+    return recv(t->fd, buf, len, 0);
+}
 
-        /* Wait for the socket first when OpenSSL holds nothing unread: saves
-         * the read that would only say "nothing yet". */
-        pthread_mutex_lock(&t->ssl_lock);
-        pending = SSL_has_pending(t->ssl);
-        pthread_mutex_unlock(&t->ssl_lock);
-        if (!pending) {
-            struct pollfd pfd = {.fd = t->fd, .events = POLLIN};
-            int pr = poll(&pfd, 1, 1000);
-            if (pr == 0 || (pr < 0 && errno == EINTR)) {
-                errno = EAGAIN;
-                return -1;
-            }
+/* writev() all of iov[] to the tunnel socket (blocking, with SO_SNDTIMEO). */
+static int write_all(int fd, struct iovec *iov, int iovcnt)
+{
+    for (;;) {
+        ssize_t w = writev(fd, iov, iovcnt);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
         }
-        r = tls_call(t, 0, buf, len, &n);
-        if (r == 1)
-            return (ssize_t)n;
-        if (r == -SSL_ERROR_ZERO_RETURN)
+        while (iovcnt > 0 && (size_t)w >= iov->iov_len) {
+            w -= (ssize_t)iov->iov_len;
+            iov++;
+            iovcnt--;
+        }
+        if (iovcnt == 0)
             return 0;
-        if (r == -SSL_ERROR_WANT_READ || r == -SSL_ERROR_WANT_WRITE) {
-            struct pollfd pfd = {.fd = t->fd,
-                                 .events = r == -SSL_ERROR_WANT_READ ? POLLIN : POLLOUT};
-            int pr = poll(&pfd, 1, 1000);
-            if (pr == 0 || (pr < 0 && errno == EINTR)) {
-                errno = EAGAIN;
-                return -1;
-            }
-            if (t->dead)
-                return 0;
-            continue;
-        }
-        if (r == -SSL_ERROR_SYSCALL ||
-            (r == -SSL_ERROR_SSL &&
-             ERR_GET_REASON(ERR_peek_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING)) {
-            ERR_clear_error();
-            return 0; /* the peer went away without a TLS goodbye */
-        }
-        ERR_clear_error();
-        errno = EPROTO; /* a record that does not decrypt: corrupted or forged */
-        return -1;
+        iov->iov_base = (char *)iov->iov_base + w;
+        iov->iov_len -= (size_t)w;
     }
 }
 
-static int tunnel_send_ex(struct tunnel *t, json_t *hdr, const void *payload, size_t len,
-                          size_t headroom);
-
 int tunnel_send(struct tunnel *t, json_t *hdr, const void *payload, size_t len)
-{
-    return tunnel_send_ex(t, hdr, payload, len, 0);
-}
-
-/* tunnel_send, where payload may have `headroom` writable bytes before it. */
-static int tunnel_send_ex(struct tunnel *t, json_t *hdr, const void *payload, size_t len,
-                          size_t headroom)
 {
     unsigned char small[512];
     unsigned char *buf = small;
@@ -457,41 +333,22 @@ static int tunnel_send_ex(struct tunnel *t, json_t *hdr, const void *payload, si
     iovcnt = payload && len ? 2 : 1;
 
     pthread_mutex_lock(&t->wlock);
-    if (t->ssl && iovcnt == 2 && (size_t)n <= headroom) {
-        /* Header right in front of the payload: one SSL_write, no copy. */
-        unsigned char *start = (unsigned char *)payload - n;
-        memcpy(start, buf, (size_t)n);
-        if (!t->dead)
-            rc = tls_write_all(t, start, (size_t)n + len);
-    } else if (t->ssl) {
-        /* One SSL_write per frame: fewer, fuller TLS records than two calls. */
-        if (!t->wbuf)
-            t->wbuf = malloc(PKT_MAX_FRAME);
-        if (t->wbuf && (size_t)n + len <= PKT_MAX_FRAME && !t->dead) {
-            memcpy(t->wbuf, buf, (size_t)n);
-            if (iovcnt == 2)
-                memcpy(t->wbuf + n, payload, len);
-            rc = tls_write_all(t, t->wbuf, (size_t)n + len);
+    if (!t->dead && (!t->tls || (size_t)n + len <= PKT_MAX_FRAME)) {
+        if (t->tls) {
+            /* Header and payload become records in wbuf: one write, and the
+             * encryption is the only pass over the payload. */
+            ssize_t sealed = tls_records_seal(t->tls, iov, iovcnt, t->wbuf);
+            if (sealed < 0) {
+                errno = EPROTO;
+                goto unlock;
+            }
+            iov[0].iov_base = t->wbuf;
+            iov[0].iov_len = (size_t)sealed;
+            iovcnt = 1;
         }
+        rc = write_all(t->fd, iov, iovcnt);
     }
-    while (!t->ssl && !t->dead) {
-        ssize_t w = writev(t->fd, iov, iovcnt);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            break;
-        }
-        for (int i = 0; i < iovcnt && w > 0; i++) {
-            size_t take = (size_t)w < iov[i].iov_len ? (size_t)w : iov[i].iov_len;
-            iov[i].iov_base = (char *)iov[i].iov_base + take;
-            iov[i].iov_len -= take;
-            w -= (ssize_t)take;
-        }
-        if (iov[0].iov_len == 0 && (iovcnt == 1 || iov[1].iov_len == 0)) {
-            rc = 0;
-            break;
-        }
-    }
+unlock:
     pthread_mutex_unlock(&t->wlock);
     if (rc != 0 && !t->dead)
         tunnel_kill(t, errno == EAGAIN ? "peer stopped reading" : "write failed");
@@ -667,7 +524,9 @@ static int read_frame(struct tunnel *t, size_t max_header, uint64_t deadline_ms,
                 return 0;
             }
             if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK) {
-                snprintf(err, errlen, "read: %s", strerror(errno));
+                snprintf(err, errlen, "read: %s",
+                         errno == EPROTO ? "TLS record malformed or not authentic (corrupted "
+                                           "or forged)" : strerror(errno));
                 return -1;
             }
             if (mono_ms() >= deadline_ms) {
@@ -998,17 +857,15 @@ static int relay(struct conn *c, const char **why)
     /* Most connections move little: start with a small buffer and grow it the
      * first time a read fills it, so idle connections cost little memory. */
     size_t bufsize = RELAY_CHUNK_START;
-    unsigned char *mem = malloc(HEADROOM + bufsize);
-    unsigned char *buf;
+    unsigned char *buf = malloc(bufsize);
     int local_eof = 0, wr_shut = 0, rc = -1;
     uint64_t connect_deadline = mono_ms() + CONNECT_WAIT_MS, drain_deadline = 0;
     sigset_t waitmask;
 
-    if (!mem) {
+    if (!buf) {
         *why = "out of memory";
         return -1;
     }
-    buf = mem + HEADROOM;
     pthread_sigmask(SIG_SETMASK, NULL, &waitmask);
     sigdelset(&waitmask, SIGUSR1);
 
@@ -1116,18 +973,17 @@ static int relay(struct conn *c, const char **why)
                 pthread_mutex_unlock(&c->lock);
                 if (c->stats)
                     c->stats->bytes_in += (uint64_t)n;
-                if (tunnel_send_ex(t, packet(OP_DATA, "{s:I,s:I}", "conn", (json_int_t)c->id,
-                                             "len", (json_int_t)n),
-                                   buf, (size_t)n, HEADROOM) != 0) {
+                if (tunnel_send(t, packet(OP_DATA, "{s:I,s:I}", "conn", (json_int_t)c->id,
+                                          "len", (json_int_t)n),
+                                buf, (size_t)n) != 0) {
                     *why = "tunnel down";
                     goto out;
                 }
                 if ((size_t)n == bufsize && bufsize < RELAY_CHUNK) {
-                    unsigned char *bigger = malloc(HEADROOM + RELAY_CHUNK);
+                    unsigned char *bigger = malloc(RELAY_CHUNK);
                     if (bigger) {
-                        free(mem);
-                        mem = bigger;
-                        buf = mem + HEADROOM;
+                        free(buf);
+                        buf = bigger;
                         bufsize = RELAY_CHUNK;
                     }
                 }
@@ -1145,7 +1001,7 @@ static int relay(struct conn *c, const char **why)
         }
     }
 out:
-    free(mem);
+    free(buf);
     return rc;
 }
 
