@@ -1205,6 +1205,11 @@ static const struct {
     {"state_token", test_state_token},
     {"registry_spec", test_registry_spec},
     {"log_escape", test_log_escape},
+    {"tlsrec_tamper", test_tlsrec_tamper},
+    {"tlsrec_self", test_tlsrec_self},
+    {"tlsrec_large_frame", test_tlsrec_large_frame},
+    {"tlsrec_openssl_interop", test_tlsrec_openssl_interop},
+    {"tlsrec_key_update_answered", test_tlsrec_key_update_answered},
 };
 #define NTESTS (sizeof(tests) / sizeof(tests[0]))
 #define TEST_TIMEOUT_S 120

@@ -40,5 +40,10 @@ void test_state_read_limits(void);
 void test_state_token(void);
 void test_registry_spec(void);
 void test_log_escape(void);
+void test_tlsrec_tamper(void);
+void test_tlsrec_self(void);
+void test_tlsrec_large_frame(void);
+void test_tlsrec_openssl_interop(void);
+void test_tlsrec_key_update_answered(void);
 
 #endif
