@@ -13,6 +13,9 @@
  *   sends DATA through the mutex-guarded writer (tunnel_send), writes what the
  *   reader queued for it, and sends ACK, SHUTDOWN and CLOSE. The reader wakes it
  *   with SIGUSR1 (no descriptor per connection).
+ * With TLS the reader owns the receiving direction of the record layer and the
+ * writer (under its mutex) the sending one (tls_records.h), so neither waits
+ * for the other.
  * Tunnels and connections are reference counted; each is freed by its last user. */
 
 #include <stdatomic.h>
@@ -47,8 +50,9 @@ typedef int (*tunnel_op_fn)(struct tunnel *t, struct pkt *p, void *arg);
 void tunnel_global_init(void);
 
 /* Take ownership of a connected socket and, when not NULL, of the SSL object
- * whose handshake on it has completed. The peer's window is set later with
- * tunnel_set_peer_window. */
+ * whose handshake (tls_handshake) on it has completed: the tunnel takes its
+ * record keys and frees it. On failure (NULL) both stay the caller's. The
+ * peer's window is set later with tunnel_set_peer_window. */
 typedef struct ssl_st SSL;
 struct tunnel *tunnel_new(int fd, SSL *ssl, const char *name, const char *addr, int is_public);
 void tunnel_ref(struct tunnel *t);
