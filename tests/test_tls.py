@@ -7,7 +7,9 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
+import threading
 import time
 
 import harness
@@ -95,6 +97,96 @@ class TlsTest(ProxyTest):
         p.wait_log(r"ev=(handshake_failed|refused)", 15 * SLOW)
         self.public.wait_log(r"ev=handshake_failed.*TLS", 15 * SLOW)
         self.assertTrue(self.public.alive())
+
+
+class TamperingRelay:
+    """A TCP relay between the two sides that, when told to, flips one bit of
+    the next chunk going from the private side to the public side."""
+
+    def __init__(self, target_port):
+        self.target = target_port
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.flip = threading.Event()
+        self.flipped = threading.Event()
+        self.links = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                a, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                b = socket.create_connection(("127.0.0.1", self.target), timeout=5)
+            except OSError:
+                a.close()
+                continue
+            b.settimeout(None)
+            self.links += [a, b]
+            threading.Thread(target=self._pump, args=(a, b, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(b, a, False), daemon=True).start()
+
+    def _pump(self, src, dst, upstream):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    dst.shutdown(socket.SHUT_WR)
+                    return
+                if upstream and self.flip.is_set() and len(data) > 8:
+                    self.flip.clear()
+                    data = bytearray(data)
+                    data[len(data) // 2] ^= 0x04
+                    data = bytes(data)
+                    self.flipped.set()
+                dst.sendall(data)
+        except OSError:
+            pass
+
+    def close(self):
+        self.sock.close()
+        for s in self.links:
+            try:
+                s.close()
+            except OSError:
+                pass
+
+
+class TamperTest(ProxyTest):
+    def setUp(self):
+        super().setUp()
+        if "--insecure-plaintext" in harness.EXTRA_ARGS:
+            self.skipTest("the suite runs with --insecure-plaintext")
+
+    def test_flipped_bit_ends_the_tunnel_and_it_comes_back(self):
+        """One bit changed on the wire after the handshake: the public side
+        refuses the record (it fails authentication), logs why, drops that
+        tunnel; the private side reconnects and the app works again."""
+        echo = self.server(apps.EchoServer)
+        self.start_public()
+        relay = TamperingRelay(self.tunnel_port)
+        self.addCleanup(relay.close)
+        port = free_port()
+        p = self.start_private(register=["e:%d:127.0.0.1:%d" % (port, echo.port)],
+                               port=relay.port)
+        self.wait_online(apps=["e"])
+        self.echo_roundtrip(port)
+        relay.flip.set()
+        with harness.connect(port) as c:
+            try:
+                c.sendall(os.urandom(200000))
+            except OSError:
+                pass
+            self.assertTrue(relay.flipped.wait(10 * SLOW), "the relay changed nothing")
+        self.public.wait_log(r"ev=tunnel_down .*TLS record malformed or not authentic", 10 * SLOW)
+        harness.wait_until(lambda: len(re.findall(r"ev=tunnel_up", p.log())) >= 2, 30 * SLOW,
+                           "the private side reconnected")
+        self.wait_online(apps=["e"])
+        self.echo_roundtrip(port)
 
 
 class WireTest(ProxyTest):
