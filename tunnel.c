@@ -75,14 +75,16 @@ struct conn {
     int fd;                     /* owned by the relay thread; -1 once closed */
     pthread_t thread;
     int thread_running;
-    int sleeping;               /* the relay thread is (about to be) in ppoll */
+    _Atomic int sleeping;       /* the relay thread is (about to be) in ppoll; set
+                                   under lock, cleared by the waker or by the thread */
     int connected;
     int peer_shut;              /* got SHUTDOWN */
     int peer_closed;            /* got CLOSE */
     int abort;                  /* drop now; reason in why */
     int reset_after;            /* peer failed: flush the queue, then reset */
     char why[64];
-    size_t inflight;            /* DATA bytes sent, not yet acknowledged */
+    _Atomic size_t inflight;    /* DATA bytes sent, not yet acknowledged: only the
+                                   relay thread adds, only the reader subtracts */
     size_t rx_unacked;          /* DATA bytes received, not yet acknowledged */
     size_t ack_due;             /* of those, written to the socket */
     struct chunk *qhead, *qtail;
@@ -666,7 +668,7 @@ static int dispatch(struct tunnel *t, struct pkt *p, tunnel_op_fn fn, void *arg,
     } else {
         pthread_mutex_lock(&c->lock);
         if (p->op == OP_ACK) {
-            if (p->len > c->inflight) {
+            if (p->len > atomic_load(&c->inflight)) {
                 fatal = 1;
                 snprintf(err, errlen, "conn=%llu acknowledged more than was sent",
                          (unsigned long long)p->conn);
@@ -953,9 +955,10 @@ static int relay(struct conn *c, const char **why)
             *why = "poll failed";
             goto out;
         }
-        pthread_mutex_lock(&c->lock);
-        c->sleeping = 0;
-        pthread_mutex_unlock(&c->lock);
+        /* No lock for these two: taking c->lock here would often wait for the
+         * reader, which holds it while it writes to our socket. A waker that
+         * still sees sleeping set only sends one spare SIGUSR1. */
+        atomic_store(&c->sleeping, 0);
 
         if (pfd.revents & (POLLIN | POLLHUP | POLLERR)) {
             if (!want_read) {
@@ -968,9 +971,7 @@ static int relay(struct conn *c, const char **why)
             size_t want = room < bufsize ? room : bufsize;
             ssize_t n = recv(c->fd, buf, want, MSG_DONTWAIT);
             if (n > 0) {
-                pthread_mutex_lock(&c->lock);
-                c->inflight += (size_t)n;
-                pthread_mutex_unlock(&c->lock);
+                atomic_fetch_add(&c->inflight, (size_t)n);
                 if (c->stats)
                     c->stats->bytes_in += (uint64_t)n;
                 if (tunnel_send(t, packet(OP_DATA, "{s:I,s:I}", "conn", (json_int_t)c->id,
