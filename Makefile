@@ -64,7 +64,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_SMOKE_SECONDS ?= 10
 FUZZ_FLAGS := -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
               -fno-omit-frame-pointer
-FUZZ_HARNESSES := fuzz_packet fuzz_api_body
+FUZZ_HARNESSES := fuzz_packet fuzz_api_body fuzz_tls_records
 FUZZ_BINS := $(addprefix build/fuzz/,$(FUZZ_HARNESSES))
 FUZZ_LIB_SRC := $(sort $(COMMON_SRC) registry.c state.c)
 

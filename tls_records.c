@@ -350,7 +350,10 @@ size_t tls_records_seal_bound(size_t len)
 {
     size_t records = len / TLSREC_MAX_PLAIN + 1;
 
-    return len + records * (TLSREC_HEADER + 1 + TLSREC_TAG) + 2 * KEY_UPDATE_RECORD;
+    /* A KeyUpdate may precede every record (rekey interval 1, the testing
+     * hook), plus one answering the peer's request. */
+    return len + records * (TLSREC_HEADER + 1 + TLSREC_TAG + KEY_UPDATE_RECORD) +
+           KEY_UPDATE_RECORD;
 }
 
 /* Where seal_record takes its plaintext from: a walk over iov[]. */
@@ -456,6 +459,15 @@ ssize_t tls_records_seal(struct tls_records *r, const struct iovec *iov, int iov
         total -= plen;
     } while (total > 0);
     return (ssize_t)o;
+}
+
+/* TEST/FUZZ HOOK ONLY: see tls_records.h. */
+ssize_t tls_records_seal_type(struct tls_records *r, unsigned char type, const void *msg,
+                              size_t len, unsigned char *out)
+{
+    if (len > TLSREC_MAX_CIPHER - 1 - TLSREC_TAG)
+        return -1;
+    return seal_record(&r->tx, type, NULL, msg, len, out);
 }
 
 /* ------------------------------------------------------------------ open */
@@ -584,6 +596,8 @@ static ssize_t drain(struct tls_records *r, unsigned char *buf, size_t len)
         r->in_start += TLSREC_HEADER + clen;
         if (type == CT_APPLICATION) {
             if (in_place) {
+                if (plen == 0)
+                    continue; /* empty (padded) record: no recursion per record */
                 r->pend = out;
                 r->pend_len = plen;
                 return drain(r, buf, len);

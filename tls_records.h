@@ -56,6 +56,14 @@ size_t tls_records_seal_bound(size_t len);
 ssize_t tls_records_seal(struct tls_records *r, const struct iovec *iov, int iovcnt,
                          unsigned char *out);
 
+/* TEST/FUZZ HOOK ONLY (fuzz/fuzz_tls_records.c), never used by the tunnel:
+ * seal msg[0..len) as one record whose inner content type byte is `type`,
+ * under the writer's current key, with no KeyUpdate check. type 0 makes the
+ * last bytes of msg the real type and padding. out needs len + 22 bytes;
+ * len <= TLSREC_MAX_CIPHER - 17. Returns the bytes written, or -1. */
+ssize_t tls_records_seal_type(struct tls_records *r, unsigned char type, const void *msg,
+                              size_t len, unsigned char *out);
+
 /* Reader side (one thread at a time): recv() of plaintext from blocking fd.
  * >0 bytes of application data, 0 at the peer's close_notify or end of the
  * stream, -1 with errno: EAGAIN/EINTR from the socket (try again), EPROTO for
