@@ -8,9 +8,18 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+/* gcc says it builds with a sanitizer by a macro, clang by __has_feature. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define NETIO_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define NETIO_SANITIZED 1
+#endif
+#endif
+
 /* Stack for relay and acceptor threads: small on purpose (thousands of threads);
  * no function run on it keeps more than a few KiB on the stack. */
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#ifdef NETIO_SANITIZED
 #define THREAD_STACK_SIZE (512 * 1024)   /* sanitizers need far more stack */
 #else
 #define THREAD_STACK_SIZE (64 * 1024)
@@ -48,7 +57,7 @@ void net_peer_str(int fd, char *out, size_t cap);
 int thread_spawn(void *(*fn)(void *), void *arg);
 
 /* Threads that run OpenSSL handshakes need more stack than relays. */
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#ifdef NETIO_SANITIZED
 #define THREAD_STACK_SIZE_TLS (1024 * 1024)
 #else
 #define THREAD_STACK_SIZE_TLS (256 * 1024)

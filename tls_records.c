@@ -537,7 +537,9 @@ static int control_record(struct tls_records *r, unsigned char type, const unsig
             return -1;
         }
         if (p[0] == HS_KEY_UPDATE) {
-            if (mlen != 1 || p[4] > 1 || dir_update(r, &r->rx) != 0) {
+            /* The key changes after this message: nothing may follow it in
+             * the same record (RFC 8446 5.1). */
+            if (mlen != 1 || p[4] > 1 || len != 5 || dir_update(r, &r->rx) != 0) {
                 errno = EPROTO;
                 return -1;
             }

@@ -304,7 +304,7 @@ static void model_record(struct run *r, const unsigned char *inner, size_t n)
                 return;
             }
             if (p[0] == 24) {
-                if (mlen != 1 || p[4] > 1) {
+                if (mlen != 1 || p[4] > 1 || len != 5) {
                     model_fail(r, EPROTO);
                     return;
                 }
