@@ -71,7 +71,9 @@ ssize_t tls_records_seal_type(struct tls_records *r, unsigned char type, const v
 ssize_t tls_records_recv(struct tls_records *r, int fd, void *buf, size_t len);
 
 /* Parse-only entry for the fuzzer: feed raw bytes as if read from the socket.
- * Same results as tls_records_recv. */
+ * Same results as tls_records_recv (EAGAIN: a record is incomplete). Bytes
+ * beyond the free room of the input buffer (256 KiB) are dropped: read
+ * everything out before feeding more. */
 ssize_t tls_records_feed(struct tls_records *r, const unsigned char *data, size_t n, void *buf,
                          size_t len);
 

@@ -6,10 +6,10 @@
 #   ssh         `ssh -R` through an unprivileged OpenSSH sshd (chacha20-poly1305)
 # and prints a Markdown table (also saved to bench/results/latest.md).
 #
-# Bulk, ping-pong and connection rate run BENCH_ROUNDS (3) times, interleaved
+# Bulk, ping-pong and connection rate run BENCH_ROUNDS (5) times, interleaved
 # across the paths, and the table shows the median of the rounds (each round is
 # listed under the table): the machine may be busy with other work.
-# Knobs (environment): BENCH_ROUNDS (3), BENCH_BULK_SECONDS (3), BENCH_PINGPONG_ROUNDS
+# Knobs (environment): BENCH_ROUNDS (5), BENCH_BULK_SECONDS (3), BENCH_PINGPONG_ROUNDS
 # (5000), BENCH_CONNRATE_SECONDS (2), BENCH_HOLD (10000), BENCH_HOLD_INFLIGHT (128),
 # BENCH_HOLD_SECONDS (120: give up opening after that; ssh -R needs ~60 s for 10,000
 # on an idle 2-core machine, its per-channel cost grows with the channels open), BENCH_PATHS ("direct ssh plain tls"),
@@ -21,7 +21,7 @@ set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT" || exit 1
 
-ROUNDS=${BENCH_ROUNDS:-3}
+ROUNDS=${BENCH_ROUNDS:-5}
 BULK_SECONDS=${BENCH_BULK_SECONDS:-3}
 PP_ROUNDS=${BENCH_PINGPONG_ROUNDS:-5000}
 CR_SECONDS=${BENCH_CONNRATE_SECONDS:-2}
