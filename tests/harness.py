@@ -334,6 +334,19 @@ def sha256(data):
     return hashlib.sha256(data).hexdigest()
 
 
+def http_exchange(c, method, path, data, headers):
+    """One request on the http.client connection c: (status, headers with
+    lower-case names, body parsed as JSON or else the text)."""
+    c.request(method, path, body=data, headers=headers)
+    r = c.getresponse()
+    text = r.read().decode("utf-8", "replace")
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = text
+    return r.status, {k.lower(): v for k, v in r.getheaders()}, parsed
+
+
 def wait_until(pred, timeout, what, interval=0.1):
     """Poll pred() until it returns a true value, bounded by timeout."""
     deadline = time.monotonic() + timeout
@@ -482,14 +495,8 @@ class ProxyTest(unittest.TestCase):
                 data = json.dumps(body).encode()
             if data is not None:
                 headers["Content-Type"] = "application/json"
-            c.request(method, path, body=data, headers=headers)
-            r = c.getresponse()
-            text = r.read().decode("utf-8", "replace")
-            try:
-                parsed = json.loads(text)
-            except ValueError:
-                parsed = text
-            return r.status, parsed
+            status, _, parsed = http_exchange(c, method, path, data, headers)
+            return status, parsed
         finally:
             c.close()
 

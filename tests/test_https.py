@@ -76,14 +76,7 @@ class HttpsTest(ProxyTest):
             if token is not None:
                 hdrs["Authorization"] = "Bearer " + token
             data = raw_body if body is None else json.dumps(body).encode()
-            c.request(method, path, body=data, headers=hdrs)
-            r = c.getresponse()
-            text = r.read().decode("utf-8", "replace")
-            try:
-                parsed = json.loads(text)
-            except ValueError:
-                parsed = text
-            return r.status, {k.lower(): v for k, v in r.getheaders()}, parsed
+            return harness.http_exchange(c, method, path, data, hdrs)
         finally:
             c.close()
 

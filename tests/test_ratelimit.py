@@ -38,14 +38,7 @@ class RateLimitTest(ProxyTest):
             if token is not None:
                 headers["Authorization"] = "Bearer " + token
             data = None if body is None else json.dumps(body).encode()
-            c.request(method, path, body=data, headers=headers)
-            r = c.getresponse()
-            text = r.read().decode("utf-8", "replace")
-            try:
-                parsed = json.loads(text)
-            except ValueError:
-                parsed = text
-            return r.status, {k.lower(): v for k, v in r.getheaders()}, parsed
+            return harness.http_exchange(c, method, path, data, headers)
         finally:
             c.close()
 
