@@ -63,6 +63,11 @@ static int parse_port_range(const char *s, int *lo, int *hi)
 
 int allow_add_target(struct allowlist *al, const char *host, int port)
 {
+    return allow_add_target_range(al, host, port, port);
+}
+
+int allow_add_target_range(struct allowlist *al, const char *host, int lo, int hi)
+{
     struct allow_rule *r;
 
     if (al->n >= ALLOW_MAX || !pkt_valid_host(host))
@@ -71,7 +76,8 @@ int allow_add_target(struct allowlist *al, const char *host, int port)
     memset(r, 0, sizeof(*r));
     r->is_host = 1;
     snprintf(r->host, sizeof(r->host), "%s", host);
-    r->port_lo = r->port_hi = port;
+    r->port_lo = lo;
+    r->port_hi = hi;
     return 0;
 }
 
@@ -184,8 +190,12 @@ static int allowed(const struct allowlist *al, const char *host, int port, const
     return 0;
 }
 
-int allow_dial(const struct allowlist *al, const char *host, int port, int timeout_ms, char *err,
-               size_t errlen)
+/* Resolve host:port for socktype and call attempt() on each address the list
+ * allows, until one returns a descriptor. That descriptor, or -1 with err. */
+static int allowed_each(const struct allowlist *al, const char *host, int port, int socktype,
+                        int (*attempt)(const struct addrinfo *ai, const char *ip, int port,
+                                       int timeout_ms, char *err, size_t errlen),
+                        int timeout_ms, char *err, size_t errlen)
 {
     struct addrinfo hints, *res = NULL, *ai;
     char portstr[16], ipstr[INET6_ADDRSTRLEN];
@@ -193,7 +203,7 @@ int allow_dial(const struct allowlist *al, const char *host, int port, int timeo
 
     memset(&hints, 0, sizeof(hints));
     hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_socktype = socktype;
     hints.ai_flags = AI_NUMERICSERV;
     snprintf(portstr, sizeof(portstr), "%d", port);
     rc = getaddrinfo(host, portstr, &hints, &res);
@@ -206,16 +216,54 @@ int allow_dial(const struct allowlist *al, const char *host, int port, int timeo
     for (ai = res; ai; ai = ai->ai_next) {
         if (!allowed(al, host, port, ai->ai_addr))
             continue;
-        /* Dial exactly the address that was checked, not the name again. */
+        /* Use exactly the address that was checked, not the name again. */
         if (ai->ai_family == AF_INET)
             inet_ntop(AF_INET, &((struct sockaddr_in *)ai->ai_addr)->sin_addr, ipstr, sizeof(ipstr));
         else
             inet_ntop(AF_INET6, &((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr, ipstr,
                       sizeof(ipstr));
-        fd = net_dial(ipstr, port, timeout_ms, err, errlen);
+        fd = attempt(ai, ipstr, port, timeout_ms, err, errlen);
         if (fd >= 0)
             break;
     }
     freeaddrinfo(res);
     return fd;
+}
+
+static int attempt_tcp(const struct addrinfo *ai, const char *ip, int port, int timeout_ms,
+                       char *err, size_t errlen)
+{
+    (void)ai;
+    return net_dial(ip, port, timeout_ms, err, errlen);
+}
+
+static int attempt_udp(const struct addrinfo *ai, const char *ip, int port, int timeout_ms,
+                       char *err, size_t errlen)
+{
+    int fd = socket(ai->ai_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+
+    (void)timeout_ms;
+    if (fd < 0) {
+        snprintf(err, errlen, "socket: %s", strerror(errno));
+        return -1;
+    }
+    net_udp_buffers(fd, NET_UDP_BUFFER_SESSION);
+    if (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+        snprintf(err, errlen, "connect %s:%d: %s", ip, port, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+int allow_dial(const struct allowlist *al, const char *host, int port, int timeout_ms, char *err,
+               size_t errlen)
+{
+    return allowed_each(al, host, port, SOCK_STREAM, attempt_tcp, timeout_ms, err, errlen);
+}
+
+int allow_udp_connect(const struct allowlist *al, const char *host, int port, char *err,
+                      size_t errlen)
+{
+    return allowed_each(al, host, port, SOCK_DGRAM, attempt_udp, 0, err, errlen);
 }

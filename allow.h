@@ -1,7 +1,8 @@
 #ifndef ALLOW_H
 #define ALLOW_H
 
-/* The private side's allowlist: which targets BUILD_CONNECTION may dial.
+/* The private side's allowlist: which targets BUILD_CONNECTION may dial and
+ * UDP sessions may send to (the rules do not tell TCP and UDP apart).
  *
  * Entries, from --allow (repeatable):
  *   HOST:PORT         that host name or address and port
@@ -30,6 +31,8 @@ void allow_free(struct allowlist *al);
 int allow_add(struct allowlist *al, const char *arg, char *err, size_t errlen);
 /* Add the exact target host:port (used for --register targets). */
 int allow_add_target(struct allowlist *al, const char *host, int port);
+/* The same for ports lo..hi (an FTP app's fixed passive range). */
+int allow_add_target_range(struct allowlist *al, const char *host, int lo, int hi);
 /* Add loopback, any port (the default). */
 void allow_add_loopback(struct allowlist *al);
 
@@ -38,5 +41,8 @@ void allow_add_loopback(struct allowlist *al);
  * dial error). */
 int allow_dial(const struct allowlist *al, const char *host, int port, int timeout_ms, char *err,
                size_t errlen);
+/* The same for a UDP target: a connected, non-blocking UDP socket. */
+int allow_udp_connect(const struct allowlist *al, const char *host, int port, char *err,
+                      size_t errlen);
 
 #endif

@@ -13,13 +13,22 @@
     X(7, DATA, "either: len raw payload bytes of conn follow the header")            \
     X(8, ACK, "either: bytes of conn were delivered; reopens the sender's window")    \
     X(9, SHUTDOWN, "either: the sender's socket reached end of stream (half-close)")  \
-    X(10, CLOSE, "either: the sender dropped conn; reason says why")
+    X(10, CLOSE, "either: the sender dropped conn; reason says why")               \
+    X(11, RESUME, "either (v2): after a resumed handshake, what the sender holds of each conn") \
+    X(12, UDP_DATA, "either (v3): one whole datagram of a UDP session; len payload bytes follow") \
+    X(13, UDP_CLOSE, "either (v3): the sender ended a UDP session; reason says why") \
+    X(14, FTP_OPEN, "private -> public (v5): a data connection for FTP control conn: passive or active") \
+    X(15, FTP_OPENED, "public -> private (v5): the answer to FTP_OPEN: ok, the data port, or why not") \
+    X(16, FTP_CONNECT, "private -> public (v5): active mode: the server connected; dial the client") \
+    X(17, FTP_TLS, "private -> public (v5): FTP control conn switched to TLS (AUTH TLS)") \
+    X(18, APPS, "private -> public (v4): unregister and register apps on the running tunnel") \
+    X(19, APPS_RESULT, "public -> private (v4): what became of each app of an APPS")
 
 enum op_code {
 #define OP_ENUM_ITEM(code, name, desc) OP_##name = code,
     OP_LIST(OP_ENUM_ITEM)
 #undef OP_ENUM_ITEM
-    OP_MAX_CODE = 10
+    OP_MAX_CODE = 19
 };
 
 /* Name and description of an op code, or NULL for an unknown code. */

@@ -7,8 +7,16 @@
 
 #include "packet.h"
 
+#include <arpa/inet.h>
+
+#include "cidr.h"
+#include "ftp_data.h"
+#include "json_depth.h"
+#include "netio.h"
+
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const struct {
@@ -172,7 +180,47 @@ static int get_name(json_t *hdr, const char *key, char *err, size_t errlen)
     return 0;
 }
 
-/* One app entry of HELLO: name, public_port, target_host, target_port. */
+/* The optional "protocol" ("tcp", "udp" or "ftp"), "udp_idle_timeout" and
+ * "ftp_passive_ports" ("LOW-HIGH") of an app. */
+static int check_protocol(json_t *app, char *err, size_t errlen)
+{
+    const char *proto = NULL, *range = NULL;
+    long long v;
+    int lo, hi;
+
+    if (get_str(app, "protocol", 8, 0, &proto, err, errlen) != 0)
+        return -1;
+    if (proto && strcmp(proto, "tcp") != 0 && strcmp(proto, "udp") != 0 &&
+        strcmp(proto, "ftp") != 0) {
+        snprintf(err, errlen, "member 'protocol' is not \"tcp\", \"udp\" or \"ftp\"");
+        return -1;
+    }
+    if (get_str(app, "ftp_passive_ports", 11, 0, &range, err, errlen) != 0)
+        return -1;
+    if (range && (ftp_parse_ports(range, &lo, &hi) != 0 || hi - lo + 1 > PKT_FTP_FIXED_MAX)) {
+        snprintf(err, errlen, "member 'ftp_passive_ports' is not LOW-HIGH (1024-65535, at most "
+                 "%d ports)", PKT_FTP_FIXED_MAX);
+        return -1;
+    }
+    if (get_int(app, "udp_idle_timeout", PKT_IDLE_MIN, PKT_IDLE_MAX, 0, &v, err, errlen) != 0 ||
+        get_int(app, "proxy_protocol", 0, 2, 0, &v, err, errlen) != 0)
+        return -1;
+    /* allow_from: at most CIDR_MAX entries, each an address/prefix. */
+    {
+        struct cidr_list *l = malloc(sizeof(*l));
+        int rc;
+        if (!l) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+        rc = cidr_list_from_json(json_object_get(app, "allow_from"), l, err, errlen);
+        free(l);
+        return rc;
+    }
+}
+
+/* One app entry of HELLO: name, public_port, target_host, target_port; protocol
+ * and udp_idle_timeout optional. */
 static int check_app_request(json_t *app, char *err, size_t errlen)
 {
     const char *host = NULL;
@@ -191,7 +239,7 @@ static int check_app_request(json_t *app, char *err, size_t errlen)
         snprintf(err, errlen, "apps entry has an invalid target_host");
         return -1;
     }
-    return 0;
+    return check_protocol(app, err, errlen);
 }
 
 /* One result entry of WELCOME: name, ok, error (when not ok). */
@@ -212,16 +260,91 @@ static int check_app_result(json_t *res, char *err, size_t errlen)
     return get_str(res, "error", 1024, 0, &msg, err, errlen);
 }
 
-static int check_apps(json_t *hdr, int results, char *err, size_t errlen)
+/* An optional string member of exactly n hex digits. */
+static int get_hex(json_t *hdr, const char *key, size_t n, int required, char *err, size_t errlen)
 {
-    json_t *apps = json_object_get(hdr, "apps");
+    const char *s = NULL;
+
+    if (get_str(hdr, key, n, required, &s, err, errlen) != 0)
+        return -1;
+    if (!s)
+        return 0;
+    if (strlen(s) != n || strspn(s, "0123456789abcdef") != n) {
+        snprintf(err, errlen, "member '%s' is not %zu hex digits", key, n);
+        return -1;
+    }
+    return 0;
+}
+
+static int get_bool(json_t *hdr, const char *key, int required, char *err, size_t errlen)
+{
+    json_t *v = json_object_get(hdr, key);
+
+    if (!v && !required)
+        return 0;
+    if (!json_is_boolean(v)) {
+        snprintf(err, errlen, "member '%s' is not a boolean", key);
+        return -1;
+    }
+    return 0;
+}
+
+/* HELLO's "resume": {"session", "token"}. */
+static int check_resume_request(json_t *hdr, char *err, size_t errlen)
+{
+    json_t *r = json_object_get(hdr, "resume");
+
+    if (!r)
+        return 0;
+    if (!json_is_object(r)) {
+        snprintf(err, errlen, "member 'resume' is not an object");
+        return -1;
+    }
+    return get_hex(r, "session", 32, 1, err, errlen) != 0 ||
+                   get_hex(r, "token", 64, 1, err, errlen) != 0
+               ? -1
+               : 0;
+}
+
+/* RESUME's "conns": [[conn, received, delivered, flags], ...]. */
+static int check_resume_list(json_t *hdr, char *err, size_t errlen)
+{
+    json_t *conns = json_object_get(hdr, "conns"), *e;
+    size_t i;
+
+    if (!json_is_array(conns) || json_array_size(conns) > PKT_RESUME_MAX) {
+        snprintf(err, errlen, "member 'conns' is not an array of at most %d", PKT_RESUME_MAX);
+        return -1;
+    }
+    json_array_foreach(conns, i, e) {
+        static const long long max[4] = {(long long)PKT_CONN_ID_MAX, (long long)PKT_CONN_ID_MAX,
+                                         (long long)PKT_CONN_ID_MAX, 255};
+        if (!json_is_array(e) || json_array_size(e) != 4) {
+            snprintf(err, errlen, "a 'conns' entry is not [conn, received, delivered, flags]");
+            return -1;
+        }
+        for (size_t k = 0; k < 4; k++) {
+            json_t *v = json_array_get(e, k);
+            if (!json_is_integer(v) || json_integer_value(v) < (k == 0 ? 1 : 0) ||
+                json_integer_value(v) > max[k]) {
+                snprintf(err, errlen, "a 'conns' entry has a bad number");
+                return -1;
+            }
+        }
+    }
+    return get_bool(hdr, "last", 1, err, errlen);
+}
+
+static int check_apps(json_t *hdr, const char *key, int results, char *err, size_t errlen)
+{
+    json_t *apps = json_object_get(hdr, key);
     size_t i;
     json_t *a;
 
     if (!apps)
         return 0;
     if (!json_is_array(apps) || json_array_size(apps) > PKT_MAX_APPS) {
-        snprintf(err, errlen, "member 'apps' is not an array of at most %d", PKT_MAX_APPS);
+        snprintf(err, errlen, "member '%s' is not an array of at most %d", key, PKT_MAX_APPS);
         return -1;
     }
     json_array_foreach(apps, i, a) {
@@ -229,6 +352,200 @@ static int check_apps(json_t *hdr, int results, char *err, size_t errlen)
             return -1;
     }
     return 0;
+}
+
+/* APPS's optional "unregister": an array of app names. */
+static int check_names(json_t *hdr, const char *key, char *err, size_t errlen)
+{
+    json_t *names = json_object_get(hdr, key), *n;
+    size_t i;
+
+    if (!names)
+        return 0;
+    if (!json_is_array(names) || json_array_size(names) > PKT_MAX_APPS) {
+        snprintf(err, errlen, "member '%s' is not an array of at most %d", key, PKT_MAX_APPS);
+        return -1;
+    }
+    json_array_foreach(names, i, n) {
+        const char *v = json_string_value(n);
+        if (!v || !pkt_valid_name(v)) {
+            snprintf(err, errlen, "member '%s' holds something that is not an app name", key);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* UDP_DATA's optional "open": {app, target_host, target_port, idle}. */
+static int check_udp_open(json_t *hdr, char *err, size_t errlen)
+{
+    json_t *o = json_object_get(hdr, "open");
+    const char *host = NULL;
+    long long v;
+
+    if (!o)
+        return 0;
+    if (!json_is_object(o)) {
+        snprintf(err, errlen, "member 'open' is not an object");
+        return -1;
+    }
+    if (get_name(o, "app", err, errlen) != 0 ||
+        get_str(o, "target_host", PKT_HOST_MAX, 1, &host, err, errlen) != 0 ||
+        get_int(o, "target_port", 1, 65535, 1, &v, err, errlen) != 0 ||
+        get_int(o, "idle", PKT_IDLE_MIN, PKT_IDLE_MAX, 1, &v, err, errlen) != 0)
+        return -1;
+    if (!pkt_valid_host(host)) {
+        snprintf(err, errlen, "member 'open' has an invalid target_host");
+        return -1;
+    }
+    return 0;
+}
+
+/* The optional "drops" of UDP_DATA and UDP_CLOSE: datagrams the private side
+ * dropped since its last report, {"queue_full": n, "oversize": n,
+ * "tunnel_down": n}. */
+static int check_udp_drops(json_t *hdr, char *err, size_t errlen)
+{
+    json_t *d = json_object_get(hdr, "drops");
+    const char *key;
+    json_t *v;
+
+    if (!d)
+        return 0;
+    if (!json_is_object(d) || json_object_size(d) > 3) {
+        snprintf(err, errlen, "member 'drops' is not an object of at most 3 counts");
+        return -1;
+    }
+    json_object_foreach(d, key, v) {
+        if ((strcmp(key, "queue_full") != 0 && strcmp(key, "oversize") != 0 &&
+             strcmp(key, "tunnel_down") != 0) ||
+            !json_is_integer(v) || json_integer_value(v) < 0 ||
+            json_integer_value(v) > (long long)UINT32_MAX) {
+            snprintf(err, errlen, "member 'drops' has a bad entry");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* BUILD_CONNECTION's optional FTP members (v5): "ftp" is "control" or
+ * "data"; a data connection names its control connection and request. */
+static int check_build_ftp(json_t *hdr, char *err, size_t errlen)
+{
+    const char *kind = NULL;
+    long long v;
+
+    if (get_str(hdr, "ftp", 8, 0, &kind, err, errlen) != 0)
+        return -1;
+    if (!kind) {
+        if (json_object_get(hdr, "ftp_ctl") || json_object_get(hdr, "ftp_req")) {
+            snprintf(err, errlen, "members 'ftp_ctl' and 'ftp_req' need 'ftp': \"data\"");
+            return -1;
+        }
+        return 0;
+    }
+    if (strcmp(kind, "control") != 0 && strcmp(kind, "data") != 0) {
+        snprintf(err, errlen, "member 'ftp' is neither \"control\" nor \"data\"");
+        return -1;
+    }
+    if (strcmp(kind, "control") == 0) {
+        if (json_object_get(hdr, "ftp_ctl") || json_object_get(hdr, "ftp_req")) {
+            snprintf(err, errlen, "an FTP control connection has no 'ftp_ctl' or 'ftp_req'");
+            return -1;
+        }
+        return 0;
+    }
+    return get_int(hdr, "ftp_ctl", 1, (long long)PKT_CONN_ID_MAX, 1, &v, err, errlen) != 0 ||
+                   get_int(hdr, "ftp_req", 1, PKT_FTP_REQ_MAX, 1, &v, err, errlen) != 0
+               ? -1
+               : 0;
+}
+
+/* BUILD_CONNECTION's optional members of version 6: "client" and "server",
+ * "192.0.2.1:5000" or "[2001:db8::1]:443" (literals, at most PKT_ADDR_MAX
+ * bytes), and "proxy_protocol" 1 or 2, which needs both. */
+static int check_build_addrs(json_t *hdr, char *err, size_t errlen)
+{
+    static const char *const keys[2] = {"client", "server"};
+    const char *s = NULL;
+    long long v = 0;
+    int have = 0;
+
+    for (int i = 0; i < 2; i++) {
+        struct sockaddr_storage ss;
+        s = NULL;
+        if (get_str(hdr, keys[i], PKT_ADDR_MAX, 0, &s, err, errlen) != 0)
+            return -1;
+        if (s && net_parse_addrport(s, &ss) != 0) {
+            snprintf(err, errlen, "member '%s' is not ADDRESS:PORT (IPv6 in brackets)", keys[i]);
+            return -1;
+        }
+        have += s != NULL;
+    }
+    if (have == 1) {
+        snprintf(err, errlen, "members 'client' and 'server' come together");
+        return -1;
+    }
+    if (get_int(hdr, "proxy_protocol", 1, 2, 0, &v, err, errlen) != 0)
+        return -1;
+    if (v && have != 2) {
+        snprintf(err, errlen, "member 'proxy_protocol' needs 'client' and 'server'");
+        return -1;
+    }
+    return 0;
+}
+
+/* An address member of the FTP operations: a literal IPv4 or IPv6 address. */
+static int get_ip(json_t *hdr, const char *key, int required, char *err, size_t errlen)
+{
+    const char *s = NULL;
+    unsigned char buf[16];
+
+    if (get_str(hdr, key, 45, required, &s, err, errlen) != 0)
+        return -1;
+    if (s && inet_pton(AF_INET, s, buf) != 1 && inet_pton(AF_INET6, s, buf) != 1) {
+        snprintf(err, errlen, "member '%s' is not an IP address", key);
+        return -1;
+    }
+    return 0;
+}
+
+/* FTP_OPEN, FTP_OPENED, FTP_CONNECT and FTP_TLS (v5), after "conn". */
+static int check_ftp_op(json_t *hdr, int op, char *err, size_t errlen)
+{
+    const char *s = NULL;
+    long long v;
+
+    if (op == OP_FTP_TLS)
+        return 0;
+    if (get_int(hdr, "req", 1, PKT_FTP_REQ_MAX, 1, &v, err, errlen) != 0)
+        return -1;
+    switch (op) {
+    case OP_FTP_OPEN:
+        if (get_str(hdr, "mode", 8, 1, &s, err, errlen) != 0)
+            return -1;
+        if (strcmp(s, "passive") != 0 && strcmp(s, "active") != 0) {
+            snprintf(err, errlen, "member 'mode' is neither \"passive\" nor \"active\"");
+            return -1;
+        }
+        return get_int(hdr, "port", 1, 65535, 1, &v, err, errlen) != 0 ||
+                       get_ip(hdr, "host", strcmp(s, "active") == 0, err, errlen) != 0
+                   ? -1
+                   : 0;
+    case OP_FTP_OPENED:
+        return get_bool(hdr, "ok", 1, err, errlen) != 0 ||
+                       get_int(hdr, "port", 1, 65535, 0, &v, err, errlen) != 0 ||
+                       get_ip(hdr, "host", 0, err, errlen) != 0 ||
+                       get_int(hdr, "code", 400, 599, 0, &v, err, errlen) != 0 ||
+                       get_str(hdr, "reason", 200, 0, &s, err, errlen) != 0
+                   ? -1
+                   : 0;
+    default: /* OP_FTP_CONNECT */
+        return get_int(hdr, "port", 1, 65535, 1, &v, err, errlen) != 0 ||
+                       get_ip(hdr, "host", 1, err, errlen) != 0
+                   ? -1
+                   : 0;
+    }
 }
 
 int pkt_validate(json_t *hdr, struct pkt *out, char *err, size_t errlen)
@@ -247,17 +564,39 @@ int pkt_validate(json_t *hdr, struct pkt *out, char *err, size_t errlen)
     switch (out->op) {
     case OP_HELLO:
         if (get_int(hdr, "version", 0, 1000000, 1, &v, err, errlen) != 0 ||
+            get_int(hdr, "max_version", 1, 1000000, 0, &v, err, errlen) != 0 ||
             get_str(hdr, "token", PKT_TOKEN_MAX, 1, &s, err, errlen) != 0 ||
             get_name(hdr, "name", err, errlen) != 0 ||
             get_int(hdr, "window", PKT_WINDOW_MIN, PKT_WINDOW_MAX, 1, &v, err, errlen) != 0 ||
-            check_apps(hdr, 0, err, errlen) != 0)
+            get_int(hdr, "resume_grace", 0, PKT_GRACE_MAX, 0, &v, err, errlen) != 0 ||
+            check_resume_request(hdr, err, errlen) != 0 ||
+            check_apps(hdr, "apps", 0, err, errlen) != 0 ||
+            check_apps(hdr, "udp_apps", 0, err, errlen) != 0 ||
+            check_apps(hdr, "ftp_apps", 0, err, errlen) != 0)
             return -1;
         break;
     case OP_WELCOME:
         if (get_int(hdr, "version", 0, 1000000, 1, &v, err, errlen) != 0 ||
             get_int(hdr, "window", PKT_WINDOW_MIN, PKT_WINDOW_MAX, 1, &v, err, errlen) != 0 ||
             get_int(hdr, "heartbeat", 1, 60, 1, &v, err, errlen) != 0 ||
-            check_apps(hdr, 1, err, errlen) != 0)
+            get_int(hdr, "resume_grace", 0, PKT_GRACE_MAX, 0, &v, err, errlen) != 0 ||
+            get_hex(hdr, "session", 32, 0, err, errlen) != 0 ||
+            get_hex(hdr, "resume_token", 64, 0, err, errlen) != 0 ||
+            get_bool(hdr, "resumed", 0, err, errlen) != 0 ||
+            check_apps(hdr, "apps", 1, err, errlen) != 0)
+            return -1;
+        break;
+    case OP_RESUME:
+        if (check_resume_list(hdr, err, errlen) != 0)
+            return -1;
+        break;
+    case OP_APPS:
+        if (check_names(hdr, "unregister", err, errlen) != 0 ||
+            check_apps(hdr, "register", 0, err, errlen) != 0)
+            return -1;
+        break;
+    case OP_APPS_RESULT:
+        if (check_apps(hdr, "apps", 1, err, errlen) != 0)
             return -1;
         break;
     case OP_ERROR:
@@ -285,6 +624,9 @@ int pkt_validate(json_t *hdr, struct pkt *out, char *err, size_t errlen)
                 snprintf(err, errlen, "invalid target_host");
                 return -1;
             }
+            if (check_build_ftp(hdr, err, errlen) != 0 ||
+                check_build_addrs(hdr, err, errlen) != 0)
+                return -1;
         } else if (out->op == OP_DATA) {
             if (get_int(hdr, "len", 1, PKT_MAX_DATA, 1, &v, err, errlen) != 0)
                 return -1;
@@ -293,10 +635,36 @@ int pkt_validate(json_t *hdr, struct pkt *out, char *err, size_t errlen)
             if (get_int(hdr, "bytes", 1, PKT_WINDOW_MAX, 1, &v, err, errlen) != 0)
                 return -1;
             out->len = (size_t)v;
+            if (get_int(hdr, "total", 0, (long long)PKT_CONN_ID_MAX, 0, &v, err, errlen) != 0)
+                return -1;
         } else if (out->op == OP_CLOSE) {
             if (get_str(hdr, "reason", 256, 0, &s, err, errlen) != 0)
                 return -1;
         }
+        break;
+    case OP_UDP_DATA:
+    case OP_UDP_CLOSE:
+        if (get_int(hdr, "session", 1, (long long)PKT_CONN_ID_MAX, 1, &v, err, errlen) != 0)
+            return -1;
+        out->conn = (uint64_t)v;
+        if (check_udp_drops(hdr, err, errlen) != 0)
+            return -1;
+        if (out->op == OP_UDP_CLOSE)
+            return get_str(hdr, "reason", 64, 0, &s, err, errlen);
+        if (get_int(hdr, "len", 0, PKT_MAX_DGRAM, 1, &v, err, errlen) != 0 ||
+            check_udp_open(hdr, err, errlen) != 0)
+            return -1;
+        out->len = (size_t)v;
+        break;
+    case OP_FTP_OPEN:
+    case OP_FTP_OPENED:
+    case OP_FTP_CONNECT:
+    case OP_FTP_TLS:
+        if (get_int(hdr, "conn", 1, (long long)PKT_CONN_ID_MAX, 1, &v, err, errlen) != 0)
+            return -1;
+        out->conn = (uint64_t)v;
+        if (check_ftp_op(hdr, out->op, err, errlen) != 0)
+            return -1;
         break;
     default:
         snprintf(err, errlen, "unknown op %lld", v);
@@ -325,6 +693,12 @@ int pkt_parse_frame(const unsigned char *buf, size_t avail, size_t max_header, s
         *frame_len = PKT_FRAME_PREFIX + hlen;
         return 0;
     }
+    /* Jansson recurses once per level: bound it before it sees the bytes, so a
+     * deeply nested header cannot overflow a tunnel thread's small stack. */
+    if (!json_depth_ok((const char *)buf + PKT_FRAME_PREFIX, hlen, PKT_MAX_DEPTH)) {
+        snprintf(err, errlen, "header nested deeper than %d levels", PKT_MAX_DEPTH);
+        return -1;
+    }
     hdr = json_loadb((const char *)buf + PKT_FRAME_PREFIX, hlen,
                      JSON_REJECT_DUPLICATES, &jerr);
     if (!hdr) {
@@ -342,7 +716,7 @@ int pkt_parse_frame(const unsigned char *buf, size_t avail, size_t max_header, s
         return -1;
     }
     *frame_len = PKT_FRAME_PREFIX + hlen;
-    if (out->op == OP_DATA) {
+    if (out->op == OP_DATA || out->op == OP_UDP_DATA) {
         *frame_len += out->len;
         if (avail < *frame_len) {
             json_decref(hdr);

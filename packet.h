@@ -10,12 +10,26 @@
 
 #include "op_enum.h"
 
-#define PKT_PROTO_VERSION 1
+#define PKT_PROTO_VERSION 6                /* the highest version we speak */
+#define PKT_PROTO_UDP 3                    /* the first with UDP apps */
+#define PKT_PROTO_APPS 4                   /* the first with APPS (apps changed on a live tunnel) */
+#define PKT_PROTO_FTP 5                    /* the first with FTP apps */
+#define PKT_PROTO_PP 6                     /* the first with BUILD_CONNECTION's client,
+                                              server and proxy_protocol */
+#define PKT_ADDR_MAX 56                    /* "[IPv6]:port" of client and server */
+#define PKT_FTP_REQ_MAX 0x7fffffff         /* FTP_OPEN's request numbers */
+#define PKT_FTP_FIXED_MAX 1000             /* ports of an FTP app's fixed passive range */
+#define PKT_PROTO_MIN 1                    /* the lowest we still accept */
+#define PKT_RESUME_MAX 1000                /* connections in one RESUME */
+#define PKT_GRACE_MAX 3600                 /* seconds of resume grace */
 #define PKT_FRAME_PREFIX 4                 /* uint32 big-endian header length */
 #define PKT_MAX_HEADER 65536               /* after the handshake */
 #define PKT_MAX_HEADER_PREAUTH 32768       /* before it: tighter, nobody is trusted yet;
                                               still fits a HELLO with PKT_MAX_APPS apps */
 #define PKT_MAX_DATA 262144                /* payload of one DATA frame */
+#define PKT_MAX_DGRAM 65535                /* payload of one UDP_DATA frame */
+#define PKT_IDLE_MIN 5                     /* udp_idle_timeout, seconds */
+#define PKT_IDLE_MAX 3600
 #define PKT_WINDOW_MIN 65536
 #define PKT_WINDOW_MAX (16 * 1024 * 1024)
 #define PKT_WINDOW_DEFAULT (4 * 1024 * 1024)
@@ -23,6 +37,7 @@
 #define PKT_TOKEN_MAX 256
 #define PKT_HOST_MAX 253
 #define PKT_MAX_APPS 64
+#define PKT_MAX_DEPTH 8                    /* nesting of a header's JSON (HELLO needs 3) */
 #define PKT_CONN_ID_MAX ((1ULL << 53) - 1)
 #define PKT_MAX_FRAME (PKT_FRAME_PREFIX + PKT_MAX_HEADER + PKT_MAX_DATA)
 
@@ -31,9 +46,9 @@
 struct pkt {
     int op;
     json_t *json;
-    uint64_t conn;                 /* BUILD_CONNECTION..CLOSE */
-    size_t len;                    /* DATA: payload length; ACK: bytes acknowledged */
-    const unsigned char *payload;  /* DATA: points into the caller's buffer */
+    uint64_t conn;                 /* BUILD_CONNECTION..CLOSE; UDP_*: the session */
+    size_t len;                    /* DATA, UDP_DATA: payload length; ACK: bytes acknowledged */
+    const unsigned char *payload;  /* DATA, UDP_DATA: points into the caller's buffer */
 };
 
 /* Build an operation: {"op": op} plus the members packed from fmt (a json_pack

@@ -8,6 +8,8 @@
 #include "registry.h"
 
 #include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -17,10 +19,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ftp_data.h"
 #include "log.h"
 #include "netio.h"
 #include "state.h"
+#include "tokens.h"
 #include "tunnel.h"
+#include "udp.h"
 
 #define STATE_FILE "apps.json"
 #define STATE_MAX_BYTES (4 * 1024 * 1024)
@@ -28,14 +33,34 @@
 #define MAX_PRIVATES 1024
 #define LISTEN_BACKLOG 4096
 #define REBIND_EVERY_MS 2000
+#define LIST_CONNS_MAX 1000         /* connections one GET /connections shows */
+#define KICK_REFUSE_MAX 86400
 
 struct app {
     _Atomic int refs;
     struct app_spec spec;
     struct app_stats *stats;
-    int listen_fd;              /* under reg.lock; -1 while not bound */
+    int listen_fd;              /* under reg.lock; -1 while not bound; a UDP app's
+                                   socket belongs to its udp_app once started */
+    int xfds[NET_BIND_MAX];     /* with several --bind addresses: the sockets of the
+                                   others (bound and closed with listen_fd) */
+    int nx;
+    int port_refused;           /* restored, but --allow-ports no longer allows its port */
     _Atomic int stopping;
     struct app *next;
+    /* FTP app in fixed passive-range mode: the range's listeners (owned by
+     * its range thread once started) and its control clients' addresses. */
+    int *range_fds;
+    int nrange;
+    struct ctl_client *clients; /* under reg.lock */
+};
+
+/* One control connection of a fixed-range FTP app: its client may open data
+ * connections on the range. Freed when the connection ends. */
+struct ctl_client {
+    struct ctl_client *next;
+    struct app *app;            /* a reference */
+    struct sockaddr_storage ip;
 };
 
 struct priv {
@@ -44,6 +69,8 @@ struct priv {
     char address[64];
     time_t connected_since;     /* 0: not since this process started */
     uint64_t reconnects;
+    struct tunnel_resume_stats done; /* of its sessions that ended */
+    uint64_t refused_until;     /* mono_ms(): kicked, refused until then */
     struct priv *next;
 };
 
@@ -51,20 +78,30 @@ static struct {
     pthread_mutex_t lock;
     struct app *apps;
     struct priv *privs;
-    char state_dir[4096];
-    char bind_addr[64];
+    const struct state_dir *state; /* the caller's, open until after registry_shutdown */
+    struct net_binds binds;
     int tunnel_port, web_port;
     time_t started;
     struct registry_limits limits;
     _Atomic int acceptors;
+    _Atomic uint64_t resume_refused;
 } reg = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 static void app_unref(struct app *a)
 {
     if (a && --a->refs == 0) {
+        for (int i = 0; a->range_fds && i < a->nrange; i++)
+            if (a->range_fds[i] >= 0)
+                close(a->range_fds[i]);
+        free(a->range_fds);
         app_stats_unref(a->stats);
         free(a);
     }
+}
+
+static const char *spec_protocol(const struct app_spec *s)
+{
+    return s->udp ? "udp" : s->ftp ? "ftp" : "tcp";
 }
 
 static struct app *find_app(const char *name)
@@ -94,11 +131,64 @@ static unsigned count_privs(void)
 
 /* ---------------------------------------------------------- persistence */
 
+/* "proxy_protocol" and "allow_from" of an app, only when set. 0 or -1. */
+static int spec_extras_to_json(const struct app_spec *s, json_t *o)
+{
+    if (s->proxy_protocol &&
+        json_object_set_new(o, "proxy_protocol", json_integer(s->proxy_protocol)) != 0)
+        return -1;
+    if (s->allow_from.n) {
+        json_t *arr = cidr_list_to_json(&s->allow_from);
+        if (!arr || json_object_set_new(o, "allow_from", arr) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* The same members read (API body, HELLO/APPS entry, state file), each
+ * checked. 0, or -1 with err. */
+static int spec_extras_from_json(json_t *obj, struct app_spec *spec, char *err, size_t errlen)
+{
+    json_t *v = json_object_get(obj, "proxy_protocol");
+
+    if (v && !json_is_null(v)) {
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 2) {
+            snprintf(err, errlen, "'proxy_protocol' must be 0 (off), 1 or 2 (the PROXY "
+                     "protocol version to send the app)");
+            return -1;
+        }
+        spec->proxy_protocol = (int)json_integer_value(v);
+        if (spec->proxy_protocol && (spec->udp || spec->ftp)) {
+            snprintf(err, errlen, "'proxy_protocol' is for TCP apps (\"protocol\": \"tcp\")");
+            return -1;
+        }
+    }
+    return cidr_list_from_json(json_object_get(obj, "allow_from"), &spec->allow_from, err, errlen);
+}
+
 static json_t *spec_to_json(const struct app_spec *s)
 {
-    return json_pack("{s:s,s:i,s:s,s:i,s:s}", "name", s->name, "public_port", s->public_port,
-                     "target_host", s->target_host, "target_port", s->target_port, "private",
-                     s->private_name);
+    json_t *o = json_pack("{s:s,s:i,s:s,s:i,s:s,s:s}", "name", s->name, "public_port",
+                          s->public_port, "target_host", s->target_host, "target_port",
+                          s->target_port, "private", s->private_name, "protocol",
+                          spec_protocol(s));
+
+    if (o && s->udp)
+        json_object_set_new(o, "udp_idle_timeout", json_integer(s->udp_idle));
+    if (o && s->owner[0])
+        json_object_set_new(o, "owner", json_string(s->owner));
+    if (o && s->disabled)
+        json_object_set_new(o, "disabled", json_true());
+    if (o && s->ftp && s->ftp_lo) {
+        char r[16];
+        snprintf(r, sizeof(r), "%d-%d", s->ftp_lo, s->ftp_hi);
+        json_object_set_new(o, "ftp_passive_ports", json_string(r));
+    }
+    if (o && spec_extras_to_json(s, o) != 0) {
+        json_decref(o);
+        o = NULL;
+    }
+    return o;
 }
 
 /* Save the apps (plus `extra`, minus `skip`) and privates. Under reg.lock. */
@@ -106,7 +196,6 @@ static int save_locked(const struct app_spec *extra, const struct app *skip, cha
                        size_t errlen)
 {
     json_t *root = json_object(), *apps = json_array(), *privs = json_array();
-    char *text = NULL, why[200];
     int rc = -1;
 
     if (!root || !apps || !privs)
@@ -122,19 +211,11 @@ static int save_locked(const struct app_spec *extra, const struct app *skip, cha
     if (json_object_set_new(root, "version", json_integer(1)) != 0 ||
         json_object_set(root, "privates", privs) != 0 || json_object_set(root, "apps", apps) != 0)
         goto oom;
-    text = json_dumps(root, JSON_INDENT(2) | JSON_SORT_KEYS);
-    if (!text)
-        goto oom;
-    if (state_write_atomic(reg.state_dir, STATE_FILE, text, strlen(text), why, sizeof(why)) != 0) {
-        snprintf(err, errlen, "could not save the change, nothing was changed: %s", why);
-        goto out;
-    }
-    rc = 0;
+    rc = state_write_json(reg.state, STATE_FILE, root, err, errlen);
     goto out;
 oom:
     snprintf(err, errlen, "out of memory");
 out:
-    free(text);
     json_decref(apps);
     json_decref(privs);
     json_decref(root);
@@ -145,11 +226,16 @@ out:
 
 static void refuse_client(struct app *a, int fd, const char *why)
 {
-    char peer[64];
+    char peer[64], kind[PKT_NAME_MAX + 160];
 
-    net_peer_str(fd, peer, sizeof(peer));
     a->stats->failures++;
-    log_warn("ev=client_refused app=%s client=%s reason=\"%s\"", a->spec.name, peer, why);
+    /* A flood (an outage under load) is one line per app and reason per
+     * interval plus a count, not one line per client (log.h, log_sum_note). */
+    snprintf(kind, sizeof(kind), "app=%s reason=\"%s\"", a->spec.name, why);
+    if (log_sum_note(LOG_LVL_WARN, "client_refused", kind)) {
+        net_peer_str(fd, peer, sizeof(peer));
+        log_warn("ev=client_refused app=%s client=%s reason=\"%s\"", a->spec.name, peer, why);
+    }
     close(fd);
 }
 
@@ -166,10 +252,256 @@ static const char *over_limit_locked(const struct app *a, struct tunnel *t)
         total += o->stats->active;
     if (total >= reg.limits.max_conns)
         return "too many connections in total (--max-conns)";
+    if (a->spec.owner[0]) {
+        struct token_scope sc;
+        uint64_t mine = 0;
+        if (!tokens_get(a->spec.owner, &sc))
+            return "the token of this app was revoked";
+        for (struct app *o = reg.apps; o; o = o->next)
+            if (strcmp(o->spec.owner, a->spec.owner) == 0)
+                mine += o->stats->active;
+        if (mine >= sc.max_conns)
+            return "too many connections to the apps of this token (its max_conns)";
+    }
     return NULL;
 }
 
-static void handle_client(struct app *a, int fd)
+static void ctl_client_end(void *arg)
+{
+    struct ctl_client *cc = arg;
+    struct app *a = cc->app;
+
+    pthread_mutex_lock(&reg.lock);
+    for (struct ctl_client **pp = &a->clients; *pp; pp = &(*pp)->next) {
+        if (*pp == cc) {
+            *pp = cc->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&reg.lock);
+    free(cc);
+    app_unref(a);
+}
+
+/* A control connection of a fixed-range FTP app: relayed as it is (the
+ * server itself announces the public address and a port of the range); its
+ * client's address may open data connections on the range while it lasts. */
+static void start_fixed_control(struct app *a, struct tunnel *t, int fd, const struct app_spec *s)
+{
+    struct ctl_client *cc = calloc(1, sizeof(*cc));
+    struct conn_opts o = {.ftp = CONN_FTP_NONE, .on_end = ctl_client_end, .end_arg = cc};
+    socklen_t sl = sizeof(struct sockaddr_storage);
+
+    if (!cc || getpeername(fd, (struct sockaddr *)&cc->ip, &sl) != 0) {
+        free(cc);
+        refuse_client(a, fd, "out of memory");
+        return;
+    }
+    pthread_mutex_lock(&reg.lock);
+    a->refs++;
+    cc->app = a;
+    cc->next = a->clients;
+    a->clients = cc;
+    pthread_mutex_unlock(&reg.lock);
+    conn_start_public_ex(t, fd, s->name, s->target_host, s->target_port, a->stats, &o);
+}
+
+static int same_ip(const struct sockaddr_storage *x, const struct sockaddr_storage *y)
+{
+    if (x->ss_family != y->ss_family)
+        return 0;
+    if (x->ss_family == AF_INET)
+        return memcmp(&((const struct sockaddr_in *)x)->sin_addr,
+                      &((const struct sockaddr_in *)y)->sin_addr, 4) == 0;
+    if (x->ss_family == AF_INET6)
+        return memcmp(&((const struct sockaddr_in6 *)x)->sin6_addr,
+                      &((const struct sockaddr_in6 *)y)->sin6_addr, 16) == 0;
+    return 0;
+}
+
+/* A data connection on port of a fixed-range app: only from the address of
+ * one of its control connections, relayed to the same port at home. */
+static void handle_fixed_data(struct app *a, int fd, int port)
+{
+    struct sockaddr_storage peer;
+    socklen_t sl = sizeof(peer);
+    struct tunnel *t = NULL;
+    struct app_spec s;
+    struct priv *p;
+    int known = 0;
+
+    if (getpeername(fd, (struct sockaddr *)&peer, &sl) != 0) {
+        close(fd);
+        return;
+    }
+    pthread_mutex_lock(&reg.lock);
+    s = a->spec;
+    for (struct ctl_client *cc = a->clients; cc && !known; cc = cc->next)
+        known = same_ip(&cc->ip, &peer);
+    p = find_priv(s.private_name);
+    if (known && p && p->t && !tunnel_is_dead(p->t)) {
+        t = p->t;
+        tunnel_ref(t);
+    }
+    pthread_mutex_unlock(&reg.lock);
+    if (!known) {
+        char who[64];
+        net_peer_str(fd, who, sizeof(who));
+        a->stats->ftp_data_refused++;
+        log_warn("ev=ftp_data_refused app=%s port=%d from=%s msg=\"no control connection "
+                 "of this app from that address\"", s.name, port, who);
+        close(fd);
+        return;
+    }
+    if (!t) {
+        close(fd);
+        return;
+    }
+    conn_start_public(t, fd, s.name, s.target_host, port, a->stats->ftp_data);
+    tunnel_unref(t);
+}
+
+/* The passive range of a fixed-range FTP app: one thread polls all its
+ * listeners (at most PKT_FTP_FIXED_MAX). Holds a reference to a. */
+static void *range_main(void *arg)
+{
+    struct app *a = arg;
+    struct pollfd *pf = calloc((size_t)a->nrange, sizeof(*pf));
+
+    pthread_setname_np(pthread_self(), "ftp-range");
+    for (int i = 0; pf && i < a->nrange; i++) {
+        pf[i].fd = a->range_fds[i];
+        pf[i].events = POLLIN;
+    }
+    while (pf && !a->stopping) {
+        int r = poll(pf, (nfds_t)a->nrange, 200);
+        if (r <= 0)
+            continue;
+        for (int i = 0; i < a->nrange; i++) {
+            int fd;
+            if (!(pf[i].revents & POLLIN))
+                continue;
+            fd = accept4(pf[i].fd, NULL, NULL, SOCK_CLOEXEC);
+            if (fd >= 0)
+                handle_fixed_data(a, fd, a->spec.ftp_lo + i % (a->spec.ftp_hi - a->spec.ftp_lo + 1));
+        }
+    }
+    free(pf);
+    reg.acceptors--;
+    app_unref(a);
+    return NULL;
+}
+
+/* Bind the fixed passive range of s: fds[] gets one listener per port (-1
+ * where it could not bind when !strict). 0, or -1 with err (strict: every
+ * port must bind). */
+static int range_count(const struct app_spec *s)
+{
+    return (s->ftp_hi - s->ftp_lo + 1) * (reg.binds.n ? reg.binds.n : 1);
+}
+
+/* Listener k of a range: port ftp_lo + k % ports, bind address k / ports. */
+static int bind_range(const struct app_spec *s, int **fds_out, int strict, char *err, size_t errlen)
+{
+    int ports = s->ftp_hi - s->ftp_lo + 1, n = range_count(s);
+    int *fds = malloc((size_t)n * sizeof(int));
+
+    *fds_out = NULL;
+    if (!fds) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        char why[128];
+        fds[i] = net_listen(reg.binds.n ? reg.binds.addr[i / ports] : NULL, s->ftp_lo + i % ports,
+                            64, why, sizeof(why));
+        if (fds[i] >= 0)
+            net_set_nonblock(fds[i], 1);
+        if (fds[i] < 0 && strict) {
+            snprintf(err, errlen, "cannot listen on port %d of ftp_passive_ports: %s",
+                     s->ftp_lo + i % ports, why);
+            for (int k = 0; k < i; k++)
+                close(fds[k]);
+            free(fds);
+            return -1;
+        }
+        if (fds[i] < 0)
+            log_error("ev=app_bind_failed app=%s port=%d err=\"%s\"", s->name,
+                      s->ftp_lo + i % ports, why);
+    }
+    *fds_out = fds;
+    return 0;
+}
+
+static void range_close(const struct app_spec *s, int *fds)
+{
+    for (int i = 0; fds && i < range_count(s); i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    free(fds);
+}
+
+static int port_allowed(int port);
+
+/* What keeps FTP app s's ports from being used (the data port pool, the
+ * server's own ports, --allow-ports), or NULL. Under reg.lock. */
+static const char *ftp_spec_conflict(const struct app_spec *s)
+{
+    static char why[320];
+
+    if (!s->ftp_lo)
+        return NULL;
+    for (int p = s->ftp_lo; p <= s->ftp_hi; p++) {
+        if (p == s->public_port || p == reg.tunnel_port || p == reg.web_port) {
+            snprintf(why, sizeof(why), "ftp_passive_ports includes port %d, the %s", p,
+                     p == s->public_port ? "app's own public port" : "server's tunnel or web port");
+            return why;
+        }
+        if (ftp_public_port_in_range(p)) {
+            snprintf(why, sizeof(why), "ftp_passive_ports overlaps the FTP data ports "
+                     "(--ftp-ports) at %d", p);
+            return why;
+        }
+        if (!port_allowed(p)) {
+            snprintf(why, sizeof(why), "port %d of ftp_passive_ports is not one this server "
+                     "allows for apps (%s; --allow-ports)", p, reg.limits.ports_text);
+            return why;
+        }
+    }
+    return NULL;
+}
+
+/* A client whose address allow_from does not list: counted, and logged
+ * (summed per interval under a flood, log_sum_note). */
+static void count_source_refused(struct app *a, const struct sockaddr_storage *peer)
+{
+    char kind[PKT_NAME_MAX + 40], who[80];
+
+    a->stats->source_refused++;
+    snprintf(kind, sizeof(kind), "app=%s", a->spec.name);
+    if (log_sum_note(LOG_LVL_WARN, "client_not_allowed", kind)) {
+        net_sa_str(peer, who, sizeof(who));
+        log_warn("ev=client_not_allowed app=%s client=%s reason=\"not in the app's allow_from\"",
+                 a->spec.name, who);
+    }
+}
+
+/* udp_app's check of a new session's client (every datagram of a client
+ * that is not allowed comes here: none makes a session). */
+static int udp_source_allowed(void *arg, const struct sockaddr_storage *peer)
+{
+    struct app *a = arg;
+    int ok;
+
+    pthread_mutex_lock(&reg.lock);
+    ok = cidr_list_allows(&a->spec.allow_from, peer);
+    pthread_mutex_unlock(&reg.lock);
+    if (!ok)
+        count_source_refused(a, peer);
+    return ok;
+}
+
+static void handle_client(struct app *a, int fd, const struct sockaddr_storage *peer)
 {
     struct tunnel *t = NULL;
     struct app_spec s;
@@ -177,8 +509,19 @@ static void handle_client(struct app *a, int fd)
     const char *limit = NULL;
 
     pthread_mutex_lock(&reg.lock);
+    if (!cidr_list_allows(&a->spec.allow_from, peer)) {
+        pthread_mutex_unlock(&reg.lock);
+        count_source_refused(a, peer);
+        close(fd);
+        return;
+    }
     s = a->spec;
     p = find_priv(s.private_name);
+    if (s.disabled) {
+        pthread_mutex_unlock(&reg.lock);
+        refuse_client(a, fd, "app disabled");
+        return;
+    }
     if (p && p->t && !tunnel_is_dead(p->t)) {
         t = p->t;
         tunnel_ref(t);
@@ -195,20 +538,191 @@ static void handle_client(struct app *a, int fd)
         tunnel_unref(t);
         return;
     }
-    if (log_enabled(LOG_LVL_DEBUG)) {
-        char peer[64];
-        net_peer_str(fd, peer, sizeof(peer));
-        log_debug("ev=client_connected app=%s client=%s", s.name, peer);
+    if (s.ftp && !s.ftp_lo && tunnel_version(t) < PKT_PROTO_FTP) {
+        a->stats->refused++;
+        refuse_client(a, fd, "its private proxy speaks a protocol version without FTP: "
+                             "upgrade proxy_private");
+        tunnel_unref(t);
+        return;
     }
-    conn_start_public(t, fd, s.name, s.target_host, s.target_port, a->stats);
+    if (s.proxy_protocol && tunnel_version(t) < PKT_PROTO_PP) {
+        a->stats->refused++;
+        refuse_client(a, fd, "its private proxy speaks a protocol version without the PROXY "
+                             "protocol (proxy_protocol needs 6): upgrade proxy_private");
+        tunnel_unref(t);
+        return;
+    }
+    if (log_enabled(LOG_LVL_DEBUG)) {
+        char who[80];
+        net_sa_str(peer, who, sizeof(who));
+        log_debug("ev=client_connected app=%s client=%s", s.name, who);
+    }
+    if (s.ftp && !s.ftp_lo) {
+        struct conn_opts o = {.ftp = CONN_FTP_CONTROL};
+        conn_start_public_ex(t, fd, s.name, s.target_host, s.target_port, a->stats, &o);
+    } else if (s.ftp) {
+        start_fixed_control(a, t, fd, &s);
+    } else {
+        struct conn_opts o = {.ftp = CONN_FTP_NONE, .proxy_protocol = s.proxy_protocol};
+        conn_start_public_ex(t, fd, s.name, s.target_host, s.target_port, a->stats, &o);
+    }
     tunnel_unref(t);
 }
 
-/* Try to bind a's port; under no lock. Returns the fd or -1. */
-static int bind_app(const struct app_spec *s, char *err, size_t errlen)
+/* Try to bind a's port on every --bind address; under no lock. Returns the
+ * first socket, the others in xfds[0..*nx); -1 (with errno) when any failed. */
+static int bind_app(const struct app_spec *s, int xfds[NET_BIND_MAX], int *nx, char *err,
+                    size_t errlen)
 {
-    return net_listen(reg.bind_addr[0] ? reg.bind_addr : NULL, s->public_port, LISTEN_BACKLOG, err,
-                      errlen);
+    int fds[NET_BIND_MAX];
+    int n = net_listen_all(&reg.binds, s->udp, s->public_port, LISTEN_BACKLOG, fds, err, errlen);
+
+    *nx = 0;
+    if (n < 0)
+        return -1;
+    for (int i = 1; i < n; i++)
+        xfds[(*nx)++] = fds[i];
+    return fds[0];
+}
+
+static void close_fds(const int *fds, int n)
+{
+    for (int i = 0; i < n; i++)
+        close(fds[i]);
+}
+
+/* udp_app's way to its private's tunnel, and the target for a new session. */
+static struct tunnel *udp_tunnel_of(void *arg, struct udp_target *to)
+{
+    struct app *a = arg;
+    struct tunnel *t = NULL;
+    struct priv *p;
+
+    pthread_mutex_lock(&reg.lock);
+    snprintf(to->host, sizeof(to->host), "%s", a->spec.target_host);
+    to->port = a->spec.target_port;
+    to->idle_s = a->spec.udp_idle;
+    p = find_priv(a->spec.private_name);
+    if (p && p->t && !tunnel_is_dead(p->t)) {
+        t = p->t;
+        tunnel_ref(t);
+    }
+    pthread_mutex_unlock(&reg.lock);
+    return t;
+}
+
+/* A UDP app's thread once its socket is bound: the datagrams are udp.c's;
+ * this one waits for the app to be removed and stops it, under no lock (the
+ * udp_app's reader takes reg.lock to find the tunnel). */
+static void serve_udp(struct app *a, int fd)
+{
+    struct udp_app_cfg uc = {.name = a->spec.name, .stats = a->stats, .tunnel = udp_tunnel_of,
+                             .allowed = udp_source_allowed, .arg = a};
+    struct timespec ts = {.tv_nsec = 100 * 1000 * 1000};
+    char err[128];
+    struct udp_app *u[NET_BIND_MAX] = {NULL};
+    int xfds[NET_BIND_MAX], nx, nu = 0;
+
+    /* One udp_app per --bind address (each answers from the socket its
+     * client wrote to), all with the app's counters. */
+    pthread_mutex_lock(&reg.lock);
+    nx = a->nx;
+    memcpy(xfds, a->xfds, sizeof(xfds));
+    a->nx = 0; /* the udp_apps own them now */
+    pthread_mutex_unlock(&reg.lock);
+    u[nu] = udp_app_start(fd, &uc, err, sizeof(err)); /* takes fd */
+    if (u[nu])
+        nu++;
+    for (int i = 0; u[0] && i < nx; i++) {
+        u[nu] = udp_app_start(xfds[i], &uc, err, sizeof(err));
+        if (u[nu])
+            nu++;
+        else
+            log_error("ev=app_failed app=%s err=\"%s\"", a->spec.name, err);
+    }
+    if (!u[0]) {
+        log_error("ev=app_failed app=%s err=\"%s\"", a->spec.name, err);
+        close_fds(xfds, nx);
+        pthread_mutex_lock(&reg.lock);
+        a->listen_fd = -1;
+        pthread_mutex_unlock(&reg.lock);
+        return;
+    }
+    for (;;) {
+        int off;
+        pthread_mutex_lock(&reg.lock);
+        off = a->spec.disabled;
+        pthread_mutex_unlock(&reg.lock);
+        if (a->stopping || off)
+            break;
+        nanosleep(&ts, NULL);
+    }
+    for (int i = 0; i < nu; i++)
+        udp_app_stop(u[i]);
+    pthread_mutex_lock(&reg.lock);
+    a->listen_fd = -1;
+    pthread_mutex_unlock(&reg.lock);
+}
+
+/* A TCP app's next client on any of its sockets (listen_fd and the other
+ * --bind addresses'), its address in *peer: the fd, or -1 with errno
+ * (EAGAIN: none yet, look at stopping again). */
+static int accept_any(struct app *a, int lfd, struct sockaddr_storage *peer)
+{
+    struct pollfd pf[NET_BIND_MAX];
+    socklen_t sl = sizeof(*peer);
+    int n = 1;
+
+    pf[0].fd = lfd;
+    pthread_mutex_lock(&reg.lock);
+    for (int i = 0; i < a->nx && n < NET_BIND_MAX; i++)
+        pf[n++].fd = a->xfds[i];
+    pthread_mutex_unlock(&reg.lock);
+    if (n == 1) /* the usual case: block in accept, woken by shutdown */
+        return accept4(lfd, (struct sockaddr *)peer, &sl, SOCK_CLOEXEC);
+    for (int i = 0; i < n; i++) {
+        pf[i].events = POLLIN;
+        pf[i].revents = 0;
+    }
+    if (poll(pf, (nfds_t)n, 200) <= 0) {
+        errno = EAGAIN;
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        if (pf[i].revents) {
+            int fd = accept4(pf[i].fd, (struct sockaddr *)peer, &sl, SOCK_CLOEXEC | SOCK_NONBLOCK);
+            if (fd >= 0 && net_set_nonblock(fd, 0) != 0) {
+                close(fd);
+                errno = EAGAIN;
+                return -1;
+            }
+            return fd;
+        }
+    }
+    errno = EAGAIN;
+    return -1;
+}
+
+/* A disabled app's acceptor closes its listener (clients are refused by the
+ * kernel) and waits to be enabled; 1 when it is disabled. */
+static int disabled_locked_check(struct app *a, int *lfd)
+{
+    struct timespec ts = {.tv_nsec = 100 * 1000 * 1000};
+    int off;
+
+    pthread_mutex_lock(&reg.lock);
+    off = a->spec.disabled;
+    if (off && a->listen_fd >= 0 && !a->spec.udp) {
+        close(a->listen_fd);
+        a->listen_fd = -1;
+        close_fds(a->xfds, a->nx); /* the other --bind addresses' too */
+        a->nx = 0;
+    }
+    *lfd = a->listen_fd;
+    pthread_mutex_unlock(&reg.lock);
+    if (off)
+        nanosleep(&ts, NULL);
+    return off;
 }
 
 static void *acceptor_main(void *arg)
@@ -224,18 +738,31 @@ static void *acceptor_main(void *arg)
         pthread_mutex_unlock(&reg.lock);
         if (a->stopping)
             break;
+        if (disabled_locked_check(a, &lfd))
+            continue;
+        if (lfd < 0 && a->port_refused) {
+            /* Kept (so nothing registered is lost) but not served until the
+             * admin allows its port again and restarts. */
+            struct timespec ts = {.tv_nsec = 100 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+            continue;
+        }
         if (lfd < 0) {
             /* Restored from state but the port was busy: keep trying, so the
              * app comes back by itself once the port is free. */
             char err[128];
             struct timespec ts = {.tv_nsec = 100 * 1000 * 1000};
-            int fd = bind_app(&a->spec, err, sizeof(err));
+            int xfds[NET_BIND_MAX], nx;
+            int fd = bind_app(&a->spec, xfds, &nx, err, sizeof(err));
             if (fd >= 0) {
                 pthread_mutex_lock(&reg.lock);
                 if (a->stopping) {
                     close(fd);
+                    close_fds(xfds, nx);
                 } else {
                     a->listen_fd = fd;
+                    memcpy(a->xfds, xfds, sizeof(xfds));
+                    a->nx = nx;
                     log_info("ev=app_listening app=%s port=%d", a->spec.name, a->spec.public_port);
                 }
                 pthread_mutex_unlock(&reg.lock);
@@ -249,15 +776,22 @@ static void *acceptor_main(void *arg)
                 nanosleep(&ts, NULL);
             continue;
         }
-        int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+        if (a->spec.udp) {
+            serve_udp(a, lfd); /* until the app is removed or disabled */
+            continue;
+        }
+        struct sockaddr_storage peer;
+        int fd = accept_any(a, lfd, &peer);
         if (fd >= 0) {
-            handle_client(a, fd);
+            handle_client(a, fd, &peer);
             continue;
         }
         if (a->stopping)
             break;
-        if (errno == EINTR || errno == ECONNABORTED)
+        if (errno == EINTR || errno == ECONNABORTED || errno == EAGAIN || errno == EWOULDBLOCK)
             continue;
+        if (disabled_locked_check(a, &lfd))
+            continue; /* POST /disable shut the listener down */
         if (mono_ms() - last_warn > 1000) {
             log_error("ev=accept_failed app=%s err=\"%s\"", a->spec.name, strerror(errno));
             last_warn = mono_ms();
@@ -267,23 +801,30 @@ static void *acceptor_main(void *arg)
         nanosleep(&ts, NULL);
     }
     pthread_mutex_lock(&reg.lock);
-    if (a->listen_fd >= 0)
+    if (a->listen_fd >= 0 && !a->spec.udp)
         close(a->listen_fd);
     a->listen_fd = -1;
+    close_fds(a->xfds, a->nx);
+    a->nx = 0;
     pthread_mutex_unlock(&reg.lock);
     reg.acceptors--;
     app_unref(a);
     return NULL;
 }
 
-/* Create an app with an already bound listener (or -1), start its acceptor and
- * add it to the list. Under reg.lock. */
-static int add_app_locked(const struct app_spec *s, int lfd, char *err, size_t errlen)
+/* Create an app with an already bound listener (or -1; with port_refused,
+ * one that is not to be bound at all), start its acceptor and add it to the
+ * list. Under reg.lock. */
+static int add_app_locked(const struct app_spec *s, int lfd, const int *xfds, int nx,
+                          int *range_fds, int port_refused, char *err, size_t errlen)
 {
     struct app *a = calloc(1, sizeof(*a));
     int rc;
 
-    if (!a || !(a->stats = app_stats_new())) {
+    if (!a || !(a->stats = app_stats_new()) ||
+        (s->ftp && !(a->stats->ftp_data = app_stats_new()))) {
+        if (a)
+            app_stats_unref(a->stats);
         free(a);
         snprintf(err, errlen, "out of memory");
         return -1;
@@ -291,6 +832,9 @@ static int add_app_locked(const struct app_spec *s, int lfd, char *err, size_t e
     a->refs = 2; /* the list and the acceptor */
     a->spec = *s;
     a->listen_fd = lfd;
+    for (int i = 0; i < nx && i < NET_BIND_MAX; i++)
+        a->xfds[a->nx++] = xfds[i];
+    a->port_refused = port_refused;
     reg.acceptors++;
     rc = thread_spawn(acceptor_main, a);
     if (rc != 0) {
@@ -302,6 +846,20 @@ static int add_app_locked(const struct app_spec *s, int lfd, char *err, size_t e
     }
     a->next = reg.apps;
     reg.apps = a;
+    if (range_fds) {
+        /* The app owns the listeners from here on (closed when it is freed). */
+        a->range_fds = range_fds;
+        a->nrange = range_count(s);
+        a->refs++;
+        reg.acceptors++;
+        rc = thread_spawn(range_main, a);
+        if (rc != 0) {
+            reg.acceptors--;
+            a->refs--;
+            log_error("ev=app_failed app=%s err=\"cannot start the passive range's thread: %s\"",
+                      s->name, strerror(rc));
+        }
+    }
     return 0;
 }
 
@@ -315,12 +873,53 @@ static void remove_app_locked(struct app *a)
         }
     }
     a->stopping = 1;
-    if (a->listen_fd >= 0)
+    if (a->listen_fd >= 0 && !a->spec.udp)
         shutdown(a->listen_fd, SHUT_RDWR); /* wakes accept(); the acceptor closes it */
+    for (int i = 0; i < a->nx && !a->spec.udp; i++)
+        shutdown(a->xfds[i], SHUT_RDWR);
     app_unref(a);
 }
 
 /* ------------------------------------------------------------- register */
+
+int registry_parse_ports(const char *spec, struct registry_limits *l, char *err, size_t errlen)
+{
+    int lo[REGISTRY_PORT_RANGES], hi[REGISTRY_PORT_RANGES], n;
+
+    if (strlen(spec) >= sizeof(l->ports_text)) {
+        snprintf(err, errlen, "--allow-ports '%.40s...' is too long", spec);
+        return -1;
+    }
+    n = net_parse_port_ranges(spec, lo, hi, REGISTRY_PORT_RANGES);
+    if (n < 0) {
+        snprintf(err, errlen,
+                 "--allow-ports '%s' is not a list of ports or LOW-HIGH ranges (1-65535, "
+                 "at most %d, joined by commas)", spec, REGISTRY_PORT_RANGES);
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        l->ports[i].lo = lo[i];
+        l->ports[i].hi = hi[i];
+    }
+    l->nranges = n;
+    snprintf(l->ports_text, sizeof(l->ports_text), "%s", spec);
+    return 0;
+}
+
+void registry_set_limits(const struct registry_limits *limits)
+{
+    pthread_mutex_lock(&reg.lock);
+    reg.limits = *limits;
+    pthread_mutex_unlock(&reg.lock);
+}
+
+static int port_allowed(int port)
+{
+    for (int i = 0; i < reg.limits.nranges; i++)
+        if (port >= reg.limits.ports[i].lo && port <= reg.limits.ports[i].hi)
+            return 1;
+    return 0;
+}
 
 int registry_spec_from_json(json_t *obj, struct app_spec *spec, char *err, size_t errlen)
 {
@@ -365,48 +964,221 @@ int registry_spec_from_json(json_t *obj, struct app_spec *spec, char *err, size_
         }
         snprintf(spec->private_name, sizeof(spec->private_name), "%s", s);
     }
-    return 0;
+    v = json_object_get(obj, "protocol");
+    if (v && !json_is_null(v)) {
+        s = json_string_value(v);
+        if (!s || (strcmp(s, "tcp") != 0 && strcmp(s, "udp") != 0 && strcmp(s, "ftp") != 0)) {
+            snprintf(err, errlen, "'protocol' must be \"tcp\", \"udp\" or \"ftp\"");
+            return -1;
+        }
+        spec->udp = strcmp(s, "udp") == 0;
+        spec->ftp = strcmp(s, "ftp") == 0;
+    }
+    v = json_object_get(obj, "ftp_passive_ports");
+    if (v && !json_is_null(v)) {
+        s = json_string_value(v);
+        if (!spec->ftp) {
+            snprintf(err, errlen, "'ftp_passive_ports' is for FTP apps (\"protocol\": \"ftp\")");
+            return -1;
+        }
+        if (!s || ftp_parse_ports(s, &spec->ftp_lo, &spec->ftp_hi) != 0 ||
+            spec->ftp_hi - spec->ftp_lo + 1 > PKT_FTP_FIXED_MAX) {
+            snprintf(err, errlen, "'ftp_passive_ports' must be \"LOW-HIGH\" within 1024-65535, "
+                     "at most %d ports", PKT_FTP_FIXED_MAX);
+            return -1;
+        }
+    }
+    spec->udp_idle = UDP_IDLE_DEFAULT;
+    v = json_object_get(obj, "udp_idle_timeout");
+    if (v && !json_is_null(v)) {
+        if (!json_is_integer(v) || json_integer_value(v) < PKT_IDLE_MIN ||
+            json_integer_value(v) > PKT_IDLE_MAX) {
+            snprintf(err, errlen, "'udp_idle_timeout' must be a whole number of seconds from %d "
+                     "to %d", PKT_IDLE_MIN, PKT_IDLE_MAX);
+            return -1;
+        }
+        if (!spec->udp) {
+            snprintf(err, errlen, "'udp_idle_timeout' is for UDP apps (\"protocol\": \"udp\")");
+            return -1;
+        }
+        spec->udp_idle = (unsigned)json_integer_value(v);
+    }
+    return spec_extras_from_json(obj, spec, err, errlen);
+}
+
+/* What the registry keeps of an app besides its request (owner, disabled),
+ * from its entry in the state file. */
+static void spec_state_from_json(json_t *obj, struct app_spec *s)
+{
+    const char *owner = json_string_value(json_object_get(obj, "owner"));
+
+    if (owner && strlen(owner) == TOKEN_ID_LEN)
+        snprintf(s->owner, sizeof(s->owner), "%s", owner);
+    s->disabled = json_is_true(json_object_get(obj, "disabled"));
 }
 
 static int same_spec(const struct app_spec *a, const struct app_spec *b)
 {
     return strcmp(a->name, b->name) == 0 && a->public_port == b->public_port &&
            strcmp(a->target_host, b->target_host) == 0 && a->target_port == b->target_port &&
-           strcmp(a->private_name, b->private_name) == 0;
+           strcmp(a->private_name, b->private_name) == 0 && a->udp == b->udp &&
+           (!a->udp || a->udp_idle == b->udp_idle) && a->ftp == b->ftp &&
+           a->ftp_lo == b->ftp_lo && a->ftp_hi == b->ftp_hi &&
+           a->proxy_protocol == b->proxy_protocol && cidr_list_equal(&a->allow_from, &b->allow_from);
 }
 
-int registry_register(const struct app_spec *in, int from_private, char *err, size_t errlen)
+/* The only known private proxy who may use: NULL when none or several, with
+ * err saying so. Under reg.lock. */
+static struct priv *only_priv_locked(const struct principal *who, char *err, size_t errlen)
+{
+    struct priv *one = NULL;
+    unsigned n = 0;
+
+    for (struct priv *p = reg.privs; p; p = p->next) {
+        if (who && !who->admin && !scope_allows_private(&who->scope, p->name))
+            continue;
+        one = p;
+        n++;
+    }
+    if (n == 1)
+        return one;
+    snprintf(err, errlen, n == 0 ? "no private proxy is known yet: start proxy_private first"
+                                 : "several private proxies are known: say which one in 'private'");
+    return NULL;
+}
+
+/* Why spec breaks the scope of token who (NULL when it does not). old: the
+ * app it replaces. Under reg.lock. */
+static const char *scope_violation_locked(const struct app_spec *s, const struct principal *who,
+                                          const struct app *old, char *buf, size_t cap)
+{
+    const struct token_scope *sc = &who->scope;
+    unsigned mine = 0;
+
+    if (!scope_allows_private(sc, s->private_name)) {
+        char names[256];
+        scope_privates_text(sc, names, sizeof(names));
+        snprintf(buf, cap, "this token may use only the private proxies %.150s, not '%s'",
+                 names, s->private_name);
+        return buf;
+    }
+    if (!scope_allows_port(sc, s->public_port) ||
+        (s->ftp_lo && (!scope_allows_port(sc, s->ftp_lo) || !scope_allows_port(sc, s->ftp_hi)))) {
+        snprintf(buf, cap, "public port %d%s is outside the ports of this token (%s)",
+                 s->public_port, s->ftp_lo ? " or its ftp_passive_ports" : "", sc->ports_text);
+        return buf;
+    }
+    for (int p = s->ftp_lo; s->ftp_lo && p <= s->ftp_hi; p++) {
+        if (!scope_allows_port(sc, p)) {
+            snprintf(buf, cap, "ftp_passive_ports reach port %d, outside the ports of this "
+                     "token (%s)", p, sc->ports_text);
+            return buf;
+        }
+    }
+    for (struct app *a = reg.apps; a; a = a->next)
+        if (a != old && strcmp(a->spec.owner, sc->id) == 0)
+            mine++;
+    if (mine >= sc->max_apps) {
+        snprintf(buf, cap, "this token may have at most %u apps (its max_apps)", sc->max_apps);
+        return buf;
+    }
+    return NULL;
+}
+
+int registry_register_as(const struct app_spec *in, int from_private, const struct principal *who,
+                         char *err, size_t errlen)
 {
     struct app_spec s = *in;
     struct app *old = NULL;
     unsigned napps = 0;
-    int lfd = -1, status = 500, bind_errno;
+    int scoped = who && !who->admin;
+    int lfd = -1, status = 500, bind_errno, *range = NULL, xfds[NET_BIND_MAX], nx = 0;
 
     if (s.public_port == reg.tunnel_port || s.public_port == reg.web_port) {
         snprintf(err, errlen, "public port %d is this server's %s port; choose another", s.public_port,
                  s.public_port == reg.tunnel_port ? "tunnel" : "web");
         return 400;
     }
-    pthread_mutex_lock(&reg.lock);
+    pthread_mutex_lock(&reg.lock); /* the limits may change at a reload */
+    if (!port_allowed(s.public_port)) {
+        snprintf(err, errlen,
+                 "public port %d is not one this server allows for apps (%s); the server's "
+                 "admin can change that with --allow-ports", s.public_port, reg.limits.ports_text);
+        status = 403;
+        goto out;
+    }
+    snprintf(s.owner, sizeof(s.owner), "%s", scoped ? who->scope.id : "");
+    s.disabled = 0;
     if (!s.private_name[0]) {
-        unsigned n = count_privs();
-        if (n != 1) {
-            snprintf(err, errlen,
-                     n == 0 ? "no private proxy is known yet: start proxy_private first"
-                            : "several private proxies are known: say which one in 'private'");
+        struct priv *one = only_priv_locked(who, err, errlen);
+        if (!one) {
             status = 400;
             goto out;
         }
-        snprintf(s.private_name, sizeof(s.private_name), "%s", reg.privs->name);
+        snprintf(s.private_name, sizeof(s.private_name), "%s", one->name);
     } else if (!find_priv(s.private_name)) {
         snprintf(err, errlen, "no private proxy named '%s' is known", s.private_name);
         status = 400;
         goto out;
     }
+    if (s.udp) {
+        struct priv *p = find_priv(s.private_name);
+        if (p->t && !tunnel_is_dead(p->t) && tunnel_version(p->t) < PKT_PROTO_UDP) {
+            snprintf(err, errlen, "private proxy '%s' speaks protocol version %d, which has no "
+                     "UDP: upgrade its proxy_private", s.private_name, tunnel_version(p->t));
+            status = 409;
+            goto out;
+        }
+    }
+    if (s.proxy_protocol) {
+        struct priv *p = find_priv(s.private_name);
+        if (p->t && !tunnel_is_dead(p->t) && tunnel_version(p->t) < PKT_PROTO_PP) {
+            snprintf(err, errlen, "private proxy '%s' speaks protocol version %d, which has no "
+                     "PROXY protocol (proxy_protocol needs %d): upgrade its proxy_private",
+                     s.private_name, tunnel_version(p->t), PKT_PROTO_PP);
+            status = 409;
+            goto out;
+        }
+    }
+    if (s.ftp) {
+        struct priv *p = find_priv(s.private_name);
+        const char *why = ftp_spec_conflict(&s);
+        if (why) {
+            snprintf(err, errlen, "%s", why);
+            status = strstr(why, "--allow-ports") ? 403 : 409;
+            goto out;
+        }
+        if (!s.ftp_lo && p->t && !tunnel_is_dead(p->t) && tunnel_version(p->t) < PKT_PROTO_FTP) {
+            snprintf(err, errlen, "private proxy '%s' speaks protocol version %d, which has no "
+                     "FTP: upgrade its proxy_private (or use ftp_passive_ports, which needs "
+                     "nothing of it)", s.private_name, tunnel_version(p->t));
+            status = 409;
+            goto out;
+        }
+    }
+    if (!s.udp && ftp_public_port_in_range(s.public_port)) {
+        snprintf(err, errlen, "public port %d is one of the FTP data ports (--ftp-ports); "
+                 "choose another", s.public_port);
+        status = 409;
+        goto out;
+    }
     for (struct app *a = reg.apps; a; a = a->next) {
         napps++;
+        if (!s.udp && !a->spec.udp && strcmp(a->spec.name, s.name) != 0 &&
+            ((s.ftp_lo && ((a->spec.public_port >= s.ftp_lo && a->spec.public_port <= s.ftp_hi) ||
+                           (a->spec.ftp_lo && a->spec.ftp_lo <= s.ftp_hi &&
+                            s.ftp_lo <= a->spec.ftp_hi))) ||
+             (a->spec.ftp_lo && s.public_port >= a->spec.ftp_lo &&
+              s.public_port <= a->spec.ftp_hi))) {
+            snprintf(err, errlen, "the ports overlap those of app '%s' (its public port or "
+                     "ftp_passive_ports)", a->spec.name);
+            status = 409;
+            goto out;
+        }
         if (strcmp(a->spec.name, s.name) == 0) {
-            if (from_private && strcmp(a->spec.private_name, s.private_name) == 0) {
+            if (from_private && strcmp(a->spec.private_name, s.private_name) == 0 &&
+                strcmp(a->spec.owner, s.owner) == 0) {
+                s.disabled = a->spec.disabled; /* a reconnect does not enable it */
                 if (same_spec(&a->spec, &s)) {
                     status = 200;
                     goto out;
@@ -418,10 +1190,19 @@ int registry_register(const struct app_spec *in, int from_private, char *err, si
             status = 409;
             goto out;
         }
-        if (a->spec.public_port == s.public_port) {
-            snprintf(err, errlen, "public port %d is already used by app '%s'", s.public_port,
-                     a->spec.name);
+        if (a->spec.public_port == s.public_port && a->spec.udp == s.udp) {
+            snprintf(err, errlen, "public %s port %d is already used by app '%s'",
+                     s.udp ? "UDP" : "TCP", s.public_port, a->spec.name);
             status = 409;
+            goto out;
+        }
+    }
+    if (scoped) {
+        char why[300];
+        const char *v = scope_violation_locked(&s, who, old, why, sizeof(why));
+        if (v) {
+            snprintf(err, errlen, "%s", v);
+            status = 403;
             goto out;
         }
     }
@@ -430,9 +1211,16 @@ int registry_register(const struct app_spec *in, int from_private, char *err, si
         status = 409;
         goto out;
     }
-    if (old && old->spec.public_port == s.public_port) {
-        /* Same port, new target: update in place; the acceptor reads the spec
-         * under the lock for every client. */
+    if (old && old->spec.public_port == s.public_port && old->spec.udp == s.udp &&
+        (old->spec.ftp_lo != s.ftp_lo || old->spec.ftp_hi != s.ftp_hi)) {
+        snprintf(err, errlen, "app '%s' has another passive range: unregister it first to "
+                 "change that", s.name);
+        status = 409;
+        goto out;
+    }
+    if (old && old->spec.public_port == s.public_port && old->spec.udp == s.udp) {
+        /* Same port, new target: update in place; the acceptor (or the UDP
+         * app, for each new session) reads the spec under the lock. */
         if (save_locked(&s, old, err, errlen) != 0) {
             status = 500;
             goto out;
@@ -443,12 +1231,12 @@ int registry_register(const struct app_spec *in, int from_private, char *err, si
                  s.public_port, s.target_host, s.target_port, s.private_name);
         goto out;
     }
-    lfd = bind_app(&s, err, errlen);
+    lfd = bind_app(&s, xfds, &nx, err, errlen);
     bind_errno = errno;
     if (lfd < 0) {
         if (bind_errno == EADDRINUSE) {
-            snprintf(err, errlen, "public port %d is in use by another program on this server",
-                     s.public_port);
+            snprintf(err, errlen, "public %s port %d is in use by another program on this server",
+                     s.udp ? "UDP" : "TCP", s.public_port);
             status = 409;
         } else {
             char why[128];
@@ -458,28 +1246,44 @@ int registry_register(const struct app_spec *in, int from_private, char *err, si
         }
         goto out;
     }
+    if (s.ftp_lo && bind_range(&s, &range, 1, err, errlen) != 0) {
+        close(lfd);
+        close_fds(xfds, nx);
+        status = 409;
+        goto out;
+    }
     if (save_locked(&s, old, err, errlen) != 0) {
         close(lfd);
+        close_fds(xfds, nx);
+        range_close(&s, range);
         status = 500;
         goto out;
     }
     if (old)
         remove_app_locked(old);
-    if (add_app_locked(&s, lfd, err, errlen) != 0) {
+    if (add_app_locked(&s, lfd, xfds, nx, range, 0, err, errlen) != 0) {
         close(lfd);
+        close_fds(xfds, nx);
+        range_close(&s, range);
         status = 500;
         goto out;
     }
     status = old ? 200 : 201;
-    log_info("ev=app_registered app=%s public_port=%d target=%s:%d private=%s", s.name,
-             s.public_port, s.target_host, s.target_port, s.private_name);
+    log_info("ev=app_registered app=%s protocol=%s public_port=%d target=%s:%d private=%s%s%s",
+             s.name, spec_protocol(&s), s.public_port, s.target_host, s.target_port,
+             s.private_name, s.ftp ? " ftp_mode=" : "",
+             s.ftp ? (s.ftp_lo ? "fixed" : "rewrite") : "");
 out:
     pthread_mutex_unlock(&reg.lock);
     return status;
 }
 
-int registry_unregister(const char *name, char *err, size_t errlen)
+/* Remove app name: of private owner only (NULL: any private's), on behalf
+ * of who (NULL: the admin). */
+static int unregister(const char *name, const char *owner, const struct principal *who, char *err,
+                      size_t errlen)
 {
+    char by[TOKEN_LABEL_MAX * 4 + 40];
     struct app *a;
     int status;
 
@@ -488,10 +1292,22 @@ int registry_unregister(const char *name, char *err, size_t errlen)
     if (!a) {
         snprintf(err, errlen, "no app named '%s'", name ? name : "");
         status = 404;
+    } else if (owner && strcmp(a->spec.private_name, owner) != 0) {
+        snprintf(err, errlen, "app '%s' belongs to another private proxy", name);
+        status = 403;
+    } else if (who && !who->admin && strcmp(a->spec.owner, who->scope.id) != 0) {
+        snprintf(err, errlen, "app '%s' is not one of this token's apps", name);
+        status = 403;
     } else if (save_locked(NULL, a, err, errlen) != 0) {
         status = 500;
     } else {
-        log_info("ev=app_unregistered app=%s", a->spec.name);
+        if (owner)
+            snprintf(by, sizeof(by), "private:%s", owner);
+        else if (who)
+            principal_who(who, by, sizeof(by));
+        else
+            snprintf(by, sizeof(by), "admin");
+        log_info("ev=app_unregistered app=%s by=%s", a->spec.name, by);
         remove_app_locked(a);
         status = 200;
     }
@@ -499,7 +1315,20 @@ int registry_unregister(const char *name, char *err, size_t errlen)
     return status;
 }
 
-/* ----------------------------------------------------------------- list */
+int registry_unregister(const char *name, char *err, size_t errlen)
+{
+    return unregister(name, NULL, NULL, err, errlen);
+}
+
+int registry_unregister_own(const char *name, const char *owner, char *err, size_t errlen)
+{
+    return unregister(name, owner, NULL, err, errlen);
+}
+
+int registry_unregister_as(const char *name, const struct principal *who, char *err, size_t errlen)
+{
+    return unregister(name, NULL, who, err, errlen);
+}
 
 static json_t *time_json(time_t t)
 {
@@ -513,32 +1342,362 @@ static json_t *time_json(time_t t)
     return json_string(buf);
 }
 
+/* May who manage app a (its owner, or the admin)? */
+static int may_manage(const struct app *a, const struct principal *who)
+{
+    return !who || who->admin || strcmp(a->spec.owner, who->scope.id) == 0;
+}
+
+/* May who see private p (the admin, or a name of its scope)? */
+static int may_see_priv(const char *name, const struct principal *who)
+{
+    return !who || who->admin || scope_allows_private(&who->scope, name);
+}
+
+int registry_set_disabled(const char *name, int on, const struct principal *who, char *err,
+                          size_t errlen)
+{
+    char by[TOKEN_LABEL_MAX * 4 + 40];
+    struct app *a;
+    int status = 200, was;
+
+    pthread_mutex_lock(&reg.lock);
+    a = name ? find_app(name) : NULL;
+    if (!a) {
+        snprintf(err, errlen, "no app named '%s'", name ? name : "");
+        status = 404;
+        goto out;
+    }
+    if (!may_manage(a, who)) {
+        snprintf(err, errlen, "app '%s' is not one of this token's apps", name);
+        status = 403;
+        goto out;
+    }
+    was = a->spec.disabled;
+    if (was == !!on)
+        goto out;
+    a->spec.disabled = !!on;
+    if (save_locked(NULL, NULL, err, errlen) != 0) {
+        a->spec.disabled = was;
+        status = 500;
+        goto out;
+    }
+    /* The acceptor closes its listener (wake it from accept()) or binds
+     * it again; a UDP app's thread stops within 100 ms. */
+    if (on && a->listen_fd >= 0 && !a->spec.udp)
+        shutdown(a->listen_fd, SHUT_RDWR);
+    for (int i = 0; on && i < a->nx && !a->spec.udp; i++)
+        shutdown(a->xfds[i], SHUT_RDWR);
+    log_info("ev=app_%s app=%s by=%s", on ? "disabled" : "enabled", a->spec.name,
+             who ? principal_who(who, by, sizeof(by)) : "admin");
+out:
+    pthread_mutex_unlock(&reg.lock);
+    return status;
+}
+
+int registry_kick(const char *name, unsigned refuse_s, const struct principal *who, char *err,
+                  size_t errlen)
+{
+    char by[TOKEN_LABEL_MAX * 4 + 40], msg[160];
+    struct tunnel *t = NULL;
+    struct priv *p;
+
+    if (refuse_s > KICK_REFUSE_MAX)
+        refuse_s = KICK_REFUSE_MAX;
+    pthread_mutex_lock(&reg.lock);
+    p = name ? find_priv(name) : NULL;
+    if (!p || !may_see_priv(p->name, who)) {
+        pthread_mutex_unlock(&reg.lock);
+        snprintf(err, errlen, "no private proxy named '%s'%s", name ? name : "",
+                 p ? " in this token's scope" : "");
+        return p ? 403 : 404;
+    }
+    p->refused_until = refuse_s ? mono_ms() + refuse_s * 1000ull : 0;
+    if (p->t) {
+        t = p->t;
+        tunnel_ref(t);
+    }
+    pthread_mutex_unlock(&reg.lock);
+    log_info("ev=private_kicked name=%s refuse_s=%u online=%s by=%s", name, refuse_s,
+             t ? "yes" : "no", who ? principal_who(who, by, sizeof(by)) : "admin");
+    if (t) {
+        if (refuse_s)
+            snprintf(msg, sizeof(msg), "disconnected by the server's admin; refused for %u s",
+                     refuse_s);
+        else
+            snprintf(msg, sizeof(msg), "disconnected by the server's admin");
+        tunnel_fail(t, "kicked", msg);
+        tunnel_unref(t);
+    }
+    return 200;
+}
+
+unsigned registry_private_refused(const char *name)
+{
+    struct priv *p;
+    uint64_t now = mono_ms(), until = 0;
+
+    pthread_mutex_lock(&reg.lock);
+    p = find_priv(name);
+    if (p)
+        until = p->refused_until;
+    pthread_mutex_unlock(&reg.lock);
+    return until > now ? (unsigned)((until - now + 999) / 1000) : 0;
+}
+
+unsigned registry_revoked(const char *id)
+{
+    struct tunnel *kill[MAX_PRIVATES];
+    unsigned n = 0;
+
+    pthread_mutex_lock(&reg.lock);
+    for (struct priv *p = reg.privs; p && n < MAX_PRIVATES; p = p->next) {
+        if (p->t && strcmp(tunnel_owner(p->t), id) == 0) {
+            kill[n++] = p->t;
+            tunnel_ref(p->t);
+        }
+    }
+    pthread_mutex_unlock(&reg.lock);
+    for (unsigned i = 0; i < n; i++) {
+        tunnel_fail(kill[i], "token_revoked", "the token of this private proxy was revoked");
+        tunnel_unref(kill[i]);
+    }
+    return n;
+}
+
+json_t *registry_connections(const struct principal *who)
+{
+    /* On a web worker's small stack: everything sizeable on the heap. */
+    struct conn_brief *b = malloc(LIST_CONNS_MAX * sizeof(*b));
+    struct online {
+        struct tunnel *t;
+        char name[PKT_NAME_MAX + 1];
+    } *ts = malloc(MAX_PRIVATES * sizeof(*ts));
+    json_t *list = json_array();
+    unsigned nt = 0, shown = 0;
+    uint64_t total = 0;
+
+    if (!b || !ts || !list) {
+        free(b);
+        free(ts);
+        json_decref(list);
+        return NULL;
+    }
+    pthread_mutex_lock(&reg.lock);
+    for (struct priv *p = reg.privs; p && nt < MAX_PRIVATES; p = p->next) {
+        if (p->t) {
+            snprintf(ts[nt].name, sizeof(ts[nt].name), "%s", p->name);
+            ts[nt].t = p->t;
+            tunnel_ref(p->t);
+            nt++;
+        }
+    }
+    pthread_mutex_unlock(&reg.lock);
+    for (unsigned i = 0; i < nt; i++) {
+        unsigned n = tunnel_conns(ts[i].t, b, LIST_CONNS_MAX);
+        if (n > LIST_CONNS_MAX)
+            n = LIST_CONNS_MAX;
+        for (unsigned k = 0; k < n; k++) {
+            struct app *a;
+            int mine;
+            char client[80];
+            pthread_mutex_lock(&reg.lock);
+            a = find_app(b[k].app);
+            mine = a ? may_manage(a, who) : !who || who->admin;
+            pthread_mutex_unlock(&reg.lock);
+            if (!mine)
+                continue;
+            total++;
+            if (shown >= LIST_CONNS_MAX)
+                continue;
+            net_addr_str(&b[k].peer, client, sizeof(client));
+            json_array_append_new(list, json_pack("{s:s,s:I,s:s,s:s,s:o,s:I,s:I}", "private",
+                                                  ts[i].name, "id", (json_int_t)b[k].id, "app",
+                                                  b[k].app, "client", client, "since",
+                                                  time_json(b[k].since), "bytes_in",
+                                                  (json_int_t)b[k].bytes_in, "bytes_out",
+                                                  (json_int_t)b[k].bytes_out));
+            shown++;
+        }
+        tunnel_unref(ts[i].t);
+    }
+    free(b);
+    free(ts);
+    return json_pack("{s:o,s:I,s:b}", "connections", list, "total", (json_int_t)total,
+                     "truncated", total > shown);
+}
+
+int registry_close_conn(const char *priv, uint64_t id, const struct principal *who, char *err,
+                        size_t errlen)
+{
+    char by[TOKEN_LABEL_MAX * 4 + 40];
+    struct tunnel *t = NULL;
+    struct priv *p;
+    struct conn_info ci;
+    struct app *a;
+    int mine;
+
+    pthread_mutex_lock(&reg.lock);
+    p = priv ? find_priv(priv) : NULL;
+    if (p && p->t) {
+        t = p->t;
+        tunnel_ref(t);
+    }
+    pthread_mutex_unlock(&reg.lock);
+    if (!t || tunnel_conn_info(t, id, &ci) != 0) {
+        tunnel_unref(t);
+        snprintf(err, errlen, "no open connection %llu through private proxy '%s'",
+                 (unsigned long long)id, priv ? priv : "");
+        return 404;
+    }
+    app_stats_unref(ci.stats);
+    pthread_mutex_lock(&reg.lock);
+    a = find_app(ci.app);
+    mine = a ? may_manage(a, who) : !who || who->admin;
+    pthread_mutex_unlock(&reg.lock);
+    if (!mine) {
+        tunnel_unref(t);
+        snprintf(err, errlen, "connection %llu is not to one of this token's apps",
+                 (unsigned long long)id);
+        return 403;
+    }
+    (void)tunnel_close_conn(t, id, "closed by the server's admin");
+    tunnel_unref(t);
+    log_info("ev=connection_closed private=%s conn=%llu app=%s by=%s", priv,
+             (unsigned long long)id, ci.app, who ? principal_who(who, by, sizeof(by)) : "admin");
+    return 200;
+}
+
+/* ----------------------------------------------------------------- list */
+
+
+/* Its session's resume figures, those of its ended sessions added. */
+static void priv_resume_stats(const struct priv *p, struct tunnel_resume_stats *rs)
+{
+    memset(rs, 0, sizeof(*rs));
+    if (p->t && !tunnel_is_dead(p->t))
+        tunnel_resume_info(p->t, rs);
+    rs->suspensions += p->done.suspensions;
+    rs->resumes += p->done.resumes;
+    rs->conns_resumed += p->done.conns_resumed;
+    rs->conns_lost += p->done.conns_lost;
+}
+
+/* Up, and not suspended (clients of a suspended one wait for its resume). */
 static int priv_online(const struct priv *p)
 {
-    return p && p->t && !tunnel_is_dead(p->t);
+    struct tunnel_resume_stats rs;
+
+    if (!p || !p->t || tunnel_is_dead(p->t))
+        return 0;
+    tunnel_resume_info(p->t, &rs);
+    return rs.suspended_since == 0;
+}
+
+/* Bytes of an app (an FTP app's data connections included). */
+static uint64_t app_bytes(const struct app *a, int in)
+{
+    const struct app_stats *d = a->stats->ftp_data;
+
+    return (in ? a->stats->bytes_in : a->stats->bytes_out) +
+           (d ? (in ? d->bytes_in : d->bytes_out) : 0);
+}
+
+/* An FTP app's own members of /list: its mode and data connections; the
+ * control connections are its active/total_connections. */
+static void list_ftp(const struct app *a, json_t *o)
+{
+    const struct app_stats *st = a->stats, *d = st->ftp_data;
+
+    json_object_set_new(o, "ftp_mode", json_string(a->spec.ftp_lo ? "fixed" : "rewrite"));
+    json_object_set_new(o, "active_data_connections",
+                        json_integer(d ? (json_int_t)d->active : 0));
+    json_object_set_new(o, "total_data_connections", json_integer(d ? (json_int_t)d->total : 0));
+    json_object_set_new(o, "failed_data_connections",
+                        json_integer(d ? (json_int_t)d->failures : 0));
+    json_object_set_new(o, "refused_data_connections",
+                        json_integer((json_int_t)st->ftp_data_refused));
+    json_object_set_new(o, "refused_port_commands", json_integer((json_int_t)st->ftp_port_refused));
+    json_object_set_new(o, "no_data_port", json_integer((json_int_t)st->ftp_no_port));
+    json_object_set_new(o, "tls_sessions", json_integer((json_int_t)st->ftp_tls));
 }
 
 json_t *registry_list(void)
 {
+    return registry_list_as(NULL);
+}
+
+json_t *registry_list_as(const struct principal *who)
+{
     json_t *privs = json_array(), *apps = json_array();
+    uint64_t now = mono_ms();
 
     pthread_mutex_lock(&reg.lock);
-    for (struct priv *p = reg.privs; p; p = p->next)
-        json_array_append_new(privs, json_pack("{s:s,s:b,s:s,s:o,s:I}", "name", p->name, "online",
-                                               priv_online(p), "address", p->address,
-                                               "connected_since", time_json(p->connected_since),
-                                               "reconnects", (json_int_t)p->reconnects));
+    for (struct priv *p = reg.privs; p; p = p->next) {
+        struct tunnel_resume_stats rs;
+        json_t *o;
+        if (!may_see_priv(p->name, who))
+            continue;
+        priv_resume_stats(p, &rs);
+        json_array_append_new(privs, json_pack("{s:s,s:b,s:s,s:o,s:I,s:o,s:I,s:I,s:I}", "name",
+                                               p->name, "online", priv_online(p), "address",
+                                               p->address, "connected_since",
+                                               time_json(p->connected_since), "reconnects",
+                                               (json_int_t)p->reconnects, "suspended_since",
+                                               time_json(rs.suspended_since), "resumes",
+                                               (json_int_t)rs.resumes, "conns_resumed",
+                                               (json_int_t)rs.conns_resumed, "conns_lost_on_break",
+                                               (json_int_t)rs.conns_lost));
+        o = json_array_get(privs, json_array_size(privs) - 1);
+        if (p->t && tunnel_owner(p->t)[0])
+            json_object_set_new(o, "token", json_string(tunnel_owner(p->t)));
+        if (p->refused_until > now)
+            json_object_set_new(o, "refused_for",
+                                json_integer((json_int_t)((p->refused_until - now + 999) / 1000)));
+    }
     for (struct app *a = reg.apps; a; a = a->next) {
-        json_t *o = spec_to_json(&a->spec);
+        json_t *o;
+        if (!may_manage(a, who))
+            continue;
+        o = spec_to_json(&a->spec);
+        if (a->spec.owner[0]) {
+            struct token_scope sc;
+            json_object_set_new(o, "owner_label", json_string(tokens_get(a->spec.owner, &sc)
+                                                                  ? sc.label : "(revoked)"));
+        }
         json_object_set_new(o, "online",
                             json_boolean(priv_online(find_priv(a->spec.private_name)) &&
                                          a->listen_fd >= 0));
-        json_object_set_new(o, "active_connections", json_integer((json_int_t)a->stats->active));
-        json_object_set_new(o, "total_connections", json_integer((json_int_t)a->stats->total));
-        json_object_set_new(o, "failed_connections", json_integer((json_int_t)a->stats->failures));
-        json_object_set_new(o, "refused_connections", json_integer((json_int_t)a->stats->refused));
-        json_object_set_new(o, "bytes_in", json_integer((json_int_t)a->stats->bytes_in));
-        json_object_set_new(o, "bytes_out", json_integer((json_int_t)a->stats->bytes_out));
+        if (a->port_refused)
+            json_object_set_new(o, "error", json_string("its public port is not allowed by "
+                                                        "--allow-ports"));
+        if (a->spec.udp) {
+            const struct app_stats *st = a->stats;
+            json_object_set_new(o, "active_sessions", json_integer((json_int_t)st->active));
+            json_object_set_new(o, "total_sessions", json_integer((json_int_t)st->total));
+            json_object_set_new(o, "datagrams_in", json_integer((json_int_t)st->dgrams_in));
+            json_object_set_new(o, "datagrams_out", json_integer((json_int_t)st->dgrams_out));
+            json_object_set_new(
+                o, "drops",
+                json_pack("{s:I,s:I,s:I,s:I,s:I}", "oversize",
+                          (json_int_t)st->drops[UDP_DROP_OVERSIZE], "queue_full",
+                          (json_int_t)st->drops[UDP_DROP_QUEUE_FULL], "session_limit",
+                          (json_int_t)st->drops[UDP_DROP_SESSION_LIMIT], "unreachable",
+                          (json_int_t)st->drops[UDP_DROP_UNREACHABLE], "tunnel_down",
+                          (json_int_t)st->drops[UDP_DROP_TUNNEL_DOWN]));
+        } else {
+            if (a->spec.ftp)
+                list_ftp(a, o);
+            json_object_set_new(o, "active_connections", json_integer((json_int_t)a->stats->active));
+            json_object_set_new(o, "total_connections", json_integer((json_int_t)a->stats->total));
+            json_object_set_new(o, "failed_connections",
+                                json_integer((json_int_t)a->stats->failures));
+            json_object_set_new(o, "refused_connections",
+                                json_integer((json_int_t)a->stats->refused));
+        }
+        json_object_set_new(o, "refused_sources", json_integer((json_int_t)a->stats->source_refused));
+        json_object_set_new(o, "bytes_in", json_integer((json_int_t)app_bytes(a, 1)));
+        json_object_set_new(o, "bytes_out", json_integer((json_int_t)app_bytes(a, 0)));
         json_array_append_new(apps, o);
     }
     pthread_mutex_unlock(&reg.lock);
@@ -562,7 +1721,13 @@ char *registry_metrics(void)
          "Client connections that could not be relayed (offline, refused, timed out, limits)."},
         {"nat_app_connections_refused_total", "counter",
          "Client connections turned away by a connection limit."},
+        {"nat_udp_app_sessions_active", "gauge", "UDP sessions (client address:port) open now."},
+        {"nat_udp_app_sessions_total", "counter", "UDP sessions opened."},
+        {"nat_udp_app_datagrams_in_total", "counter", "Datagrams from clients to the UDP app."},
+        {"nat_udp_app_datagrams_out_total", "counter", "Datagrams from the UDP app to clients."},
     };
+    static const char *const drop_names[UDP_DROP_KINDS] = {
+        "oversize", "queue_full", "session_limit", "unreachable", "tunnel_down"};
 
     if (!f)
         return NULL;
@@ -571,16 +1736,74 @@ char *registry_metrics(void)
         fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", app_metrics[m].name, app_metrics[m].help,
                 app_metrics[m].name, app_metrics[m].type);
         for (struct app *a = reg.apps; a; a = a->next) {
-            uint64_t v = m == 0 ? a->stats->bytes_in
-                         : m == 1 ? a->stats->bytes_out
-                         : m == 2 ? a->stats->active
-                         : m == 3 ? a->stats->total
-                         : m == 4 ? a->stats->failures
-                                  : a->stats->refused;
+            const struct app_stats *st = a->stats;
+            /* Bytes for every app; connections for TCP ones, the rest for UDP. */
+            uint64_t v = m == 0 ? app_bytes(a, 1)
+                         : m == 1 ? app_bytes(a, 0)
+                         : m == 2 || m == 6 ? st->active
+                         : m == 3 || m == 7 ? st->total
+                         : m == 4 ? st->failures
+                         : m == 5 ? st->refused
+                         : m == 8 ? st->dgrams_in
+                                  : st->dgrams_out;
+            if (m >= 2 && (m >= 6) != (a->spec.udp != 0))
+                continue;
             fprintf(f, "%s{app=\"%s\"} %llu\n", app_metrics[m].name, a->spec.name,
                     (unsigned long long)v);
         }
     }
+    {
+        static const struct {
+            const char *name, *type, *help;
+        } fm[] = {
+            {"nat_ftp_app_data_connections_active", "gauge",
+             "FTP data connections open now (the control connections are "
+             "nat_app_connections_active)."},
+            {"nat_ftp_app_data_connections_total", "counter", "FTP data connections relayed."},
+            {"nat_ftp_app_tls_sessions_total", "counter",
+             "FTP control connections that switched to TLS (AUTH TLS) and were no longer "
+             "rewritten."},
+        };
+        for (size_t m = 0; m < sizeof(fm) / sizeof(fm[0]); m++) {
+            fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", fm[m].name, fm[m].help, fm[m].name,
+                    fm[m].type);
+            for (struct app *a = reg.apps; a; a = a->next) {
+                const struct app_stats *st = a->stats, *d = st->ftp_data;
+                if (!a->spec.ftp)
+                    continue;
+                fprintf(f, "%s{app=\"%s\"} %llu\n", fm[m].name, a->spec.name,
+                        (unsigned long long)(m == 0   ? (d ? d->active : 0)
+                                             : m == 1 ? (d ? d->total : 0)
+                                                      : st->ftp_tls));
+            }
+        }
+        fprintf(f, "# HELP nat_ftp_app_refused_total FTP requests refused, by reason: a data "
+                   "connection from another address (data_address), a PORT/EPRT naming "
+                   "another address (bounce), no free data port (no_port).\n"
+                   "# TYPE nat_ftp_app_refused_total counter\n");
+        for (struct app *a = reg.apps; a; a = a->next) {
+            if (!a->spec.ftp)
+                continue;
+            fprintf(f, "nat_ftp_app_refused_total{app=\"%s\",reason=\"data_address\"} %llu\n"
+                       "nat_ftp_app_refused_total{app=\"%s\",reason=\"bounce\"} %llu\n"
+                       "nat_ftp_app_refused_total{app=\"%s\",reason=\"no_port\"} %llu\n",
+                    a->spec.name, (unsigned long long)a->stats->ftp_data_refused, a->spec.name,
+                    (unsigned long long)a->stats->ftp_port_refused, a->spec.name,
+                    (unsigned long long)a->stats->ftp_no_port);
+        }
+    }
+    fprintf(f, "# HELP nat_app_source_refused_total Clients refused because their address is "
+               "not in the app's allow_from (TCP and FTP: connections; UDP: datagrams).\n"
+               "# TYPE nat_app_source_refused_total counter\n");
+    for (struct app *a = reg.apps; a; a = a->next)
+        fprintf(f, "nat_app_source_refused_total{app=\"%s\"} %llu\n", a->spec.name,
+                (unsigned long long)a->stats->source_refused);
+    fprintf(f, "# HELP nat_udp_app_drops_total Datagrams dropped, by reason.\n"
+               "# TYPE nat_udp_app_drops_total counter\n");
+    for (struct app *a = reg.apps; a; a = a->next)
+        for (int k = 0; a->spec.udp && k < UDP_DROP_KINDS; k++)
+            fprintf(f, "nat_udp_app_drops_total{app=\"%s\",reason=\"%s\"} %llu\n",
+                    a->spec.name, drop_names[k], (unsigned long long)a->stats->drops[k]);
     fprintf(f, "# HELP nat_private_online Whether the private proxy's tunnel is up.\n"
                "# TYPE nat_private_online gauge\n");
     for (struct priv *p = reg.privs; p; p = p->next)
@@ -590,6 +1813,36 @@ char *registry_metrics(void)
     for (struct priv *p = reg.privs; p; p = p->next)
         fprintf(f, "nat_private_reconnects_total{private=\"%s\"} %llu\n", p->name,
                 (unsigned long long)p->reconnects);
+    {
+        static const struct {
+            const char *name, *type, *help;
+        } rm[] = {
+            {"nat_private_suspended", "gauge",
+             "Whether the private proxy's tunnel is broken and waits for it to resume."},
+            {"nat_private_resumes_total", "counter", "Tunnel resumes after a broken link."},
+            {"nat_private_conns_resumed_total", "counter",
+             "Connections carried over a broken link by a resume."},
+            {"nat_private_conns_lost_total", "counter",
+             "Connections closed because the tunnel's link broke (not resumable, or not "
+             "resumed in time)."},
+        };
+        for (size_t m = 0; m < sizeof(rm) / sizeof(rm[0]); m++) {
+            fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", rm[m].name, rm[m].help, rm[m].name,
+                    rm[m].type);
+            for (struct priv *p = reg.privs; p; p = p->next) {
+                struct tunnel_resume_stats rs;
+                priv_resume_stats(p, &rs);
+                fprintf(f, "%s{private=\"%s\"} %llu\n", rm[m].name, p->name,
+                        (unsigned long long)(m == 0   ? rs.suspended_since != 0
+                                             : m == 1 ? rs.resumes
+                                             : m == 2 ? rs.conns_resumed
+                                                      : rs.conns_lost));
+            }
+        }
+        fprintf(f, "# HELP nat_resume_refused_total Resumes refused for a wrong resumption "
+                   "token.\n# TYPE nat_resume_refused_total counter\nnat_resume_refused_total "
+                   "%llu\n", (unsigned long long)reg.resume_refused);
+    }
     pthread_mutex_unlock(&reg.lock);
     fprintf(f, "# HELP process_uptime_seconds Seconds since the process started.\n"
                "# TYPE process_uptime_seconds gauge\nprocess_uptime_seconds %lld\n",
@@ -654,7 +1907,9 @@ void registry_private_up(const char *name, struct tunnel *t, const char *addr)
     pthread_mutex_unlock(&reg.lock);
     if (old) {
         char msg[160];
-        log_warn("ev=tunnel_replaced name=%s new=%s old=%s", name, addr, tunnel_addr(old));
+        char old_addr[64];
+        log_warn("ev=tunnel_replaced name=%s new=%s old=%s", name, addr,
+                 tunnel_addr(old, old_addr, sizeof(old_addr)));
         /* Say why, so that a second proxy with the same name backs off
          * instead of both taking turns forever. */
         snprintf(msg, sizeof(msg), "replaced by a newer tunnel of the same name from %s", addr);
@@ -667,20 +1922,60 @@ void registry_private_down(const char *name, struct tunnel *t)
 {
     struct priv *p;
     struct tunnel *drop = NULL;
+    struct tunnel_resume_stats rs;
 
+    tunnel_resume_info(t, &rs);
     pthread_mutex_lock(&reg.lock);
     p = find_priv(name);
     if (p && p->t == t) {
         drop = t;
         p->t = NULL;
     }
+    if (p) {
+        p->done.suspensions += rs.suspensions;
+        p->done.resumes += rs.resumes;
+        p->done.conns_resumed += rs.conns_resumed;
+        p->done.conns_lost += rs.conns_lost;
+    }
     pthread_mutex_unlock(&reg.lock);
     tunnel_unref(drop);
 }
 
+struct tunnel *registry_private_session(const char *name)
+{
+    struct tunnel *t = NULL;
+    struct priv *p;
+
+    pthread_mutex_lock(&reg.lock);
+    p = find_priv(name);
+    if (p && p->t && !tunnel_is_dead(p->t)) {
+        t = p->t;
+        tunnel_ref(t);
+    }
+    pthread_mutex_unlock(&reg.lock);
+    return t;
+}
+
+void registry_private_resumed(const char *name, struct tunnel *t, const char *addr)
+{
+    struct priv *p;
+
+    pthread_mutex_lock(&reg.lock);
+    p = find_priv(name);
+    if (p && p->t == t)
+        snprintf(p->address, sizeof(p->address), "%s", addr);
+    pthread_mutex_unlock(&reg.lock);
+}
+
+void registry_count_resume_refused(void)
+{
+    reg.resume_refused++;
+}
+
 /* ----------------------------------------------------------- lifecycle */
 
-int registry_init(const char *state_dir, const char *bind_addr, int tunnel_port, int web_port,
+int registry_init(const struct state_dir *state, const struct net_binds *binds, int tunnel_port,
+                  int web_port,
                   const struct registry_limits *limits, char *err, size_t errlen)
 {
     json_error_t jerr;
@@ -689,14 +1984,15 @@ int registry_init(const char *state_dir, const char *bind_addr, int tunnel_port,
     char *text;
     int rc = -1;
 
-    snprintf(reg.state_dir, sizeof(reg.state_dir), "%s", state_dir);
-    snprintf(reg.bind_addr, sizeof(reg.bind_addr), "%s", bind_addr ? bind_addr : "");
+    reg.state = state;
+    if (binds)
+        reg.binds = *binds;
     reg.tunnel_port = tunnel_port;
     reg.web_port = web_port;
     reg.limits = *limits;
     reg.started = time(NULL);
 
-    text = state_read(state_dir, STATE_FILE, STATE_MAX_BYTES, &len, err, errlen);
+    text = state_read(state, STATE_FILE, STATE_MAX_BYTES, &len, err, errlen);
     if (!text)
         return err[0] ? -1 : 0; /* no file yet: a fresh start */
     root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
@@ -704,7 +2000,7 @@ int registry_init(const char *state_dir, const char *bind_addr, int tunnel_port,
     if (!root || !json_is_object(root)) {
         snprintf(err, errlen,
                  "%s/%s is not valid JSON (line %d: %s); it is left untouched: fix or move it away",
-                 state_dir, STATE_FILE, jerr.line, jerr.text);
+                 state->path, STATE_FILE, jerr.line, jerr.text);
         goto out;
     }
     pthread_mutex_lock(&reg.lock);
@@ -716,7 +2012,7 @@ int registry_init(const char *state_dir, const char *bind_addr, int tunnel_port,
     json_array_foreach(json_object_get(root, "apps"), i, v) {
         struct app_spec s;
         char why[200];
-        int created, lfd;
+        int created, lfd, refused, *range, xfds[NET_BIND_MAX], nx = 0;
         if (registry_spec_from_json(v, &s, why, sizeof(why)) != 0 ||
             (!s.private_name[0] && snprintf(why, sizeof(why), "no 'private'") > 0) ||
             (find_app(s.name) && snprintf(why, sizeof(why), "duplicate name") > 0)) {
@@ -724,10 +2020,24 @@ int registry_init(const char *state_dir, const char *bind_addr, int tunnel_port,
             continue;
         }
         get_priv_locked(s.private_name, &created);
-        lfd = bind_app(&s, why, sizeof(why));
-        if (lfd < 0)
+        spec_state_from_json(v, &s);
+        refused = !port_allowed(s.public_port);
+        lfd = -1;
+        if (s.disabled)
+            log_info("ev=app_disabled app=%s msg=\"restored disabled: POST /enable serves it\"",
+                     s.name);
+        else if (refused)
+            log_error("ev=app_port_not_allowed app=%s public_port=%d allowed=%s msg=\"kept but "
+                      "not served: allow its port with --allow-ports, or unregister it\"",
+                      s.name, s.public_port, reg.limits.ports_text);
+        else if ((lfd = bind_app(&s, xfds, &nx, why, sizeof(why))) < 0)
             log_error("ev=app_bind_failed app=%s err=\"%s\" retry=yes", s.name, why);
-        if (add_app_locked(&s, lfd, why, sizeof(why)) != 0) {
+        range = NULL;
+        if (!refused && s.ftp_lo && bind_range(&s, &range, 0, why, sizeof(why)) != 0)
+            range = NULL;
+        if (add_app_locked(&s, lfd, xfds, nx, range, refused, why, sizeof(why)) != 0) {
+            range_close(&s, range);
+            close_fds(xfds, nx);
             if (lfd >= 0)
                 close(lfd);
             log_error("ev=app_restore_failed app=%s err=\"%s\"", s.name, why);

@@ -1,12 +1,17 @@
 /* web_api.c - HTTP API, metrics and the page on the web port (CivetWeb).
  *
+ * Every connection to the web port passes the front of web_front.c first (plain
+ * HTTP or HTTPS), which hands CivetWeb only whole, bounded requests over
+ * loopback; CivetWeb listens on 127.0.0.1 at an internal port only.
+ *
  * Every API call needs "Authorization: Bearer TOKEN"; there are no cookies, so a
  * cross-site request cannot ride on a browser's session. Bodies are limited to
- * WEB_MAX_BODY bytes, need a Content-Length, and are parsed as one JSON object
- * with duplicate keys refused. Wrong tokens are rate limited per client address
- * (ratelimit.c; the real address, also behind the HTTPS front of web_tls.c).
- * CivetWeb serves one request per connection (no keep-alive) with WEB_THREADS
- * workers: that bounds the requests handled at once. */
+ * WEB_MAX_BODY bytes, need a Content-Length, are nested at most
+ * WEB_MAX_JSON_DEPTH levels, and are parsed as one JSON object with duplicate
+ * keys refused. Wrong tokens are rate limited per client address (ratelimit.c;
+ * the real address, which the front maps back). CivetWeb serves one request per
+ * connection (no keep-alive) with WEB_THREADS workers: that bounds the requests
+ * handled at once. */
 
 #include "web_api.h"
 
@@ -15,36 +20,34 @@
 #include <dirent.h>
 #include <netinet/in.h>
 #include <jansson.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "json_depth.h"
 #include "log.h"
 #include "ratelimit.h"
 #include "registry.h"
+#include "tokens.h"
 #include "web_assets.h"
-#include "web_tls.h"
+#include "web_front.h"
 
-#define WEB_MAX_BODY 16384
 #define WEB_THREADS "8"
-#define WEB_MAX_HEAD "8192"
+/* Larger than the front's head limit (WEB_FRONT_HEAD_MAX), so that every head
+ * the front lets through fits CivetWeb's buffer with room to spare. */
+#define WEB_MAX_HEAD "16384"
 #define WEB_INTERNAL_TRIES 5
 
 static struct mg_context *web_ctx;
 static char *web_token;
-static _Atomic int web_https;   /* 1 while the TLS front is in front of CivetWeb */
-
-static const char security_headers[] =
-    "Content-Security-Policy: default-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
-    "form-action 'self'\r\n"
-    "X-Frame-Options: DENY\r\n"
-    "X-Content-Type-Options: nosniff\r\n"
-    "Referrer-Policy: no-referrer\r\n"
-    "Cache-Control: no-store\r\n"
-    "Connection: close\r\n";
+static int web_internal_port = -1;
+static _Atomic int web_stopped;
 
 static const char *status_text(int status)
 {
@@ -53,6 +56,7 @@ static const char *status_text(int status)
     case 201: return "Created";
     case 400: return "Bad Request";
     case 401: return "Unauthorized";
+    case 403: return "Forbidden";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
     case 409: return "Conflict";
@@ -64,13 +68,17 @@ static const char *status_text(int status)
     }
 }
 
+/* The answer: headers, then the body unless the request was HEAD (which gets
+ * the headers a GET would, Content-Length included, and no body). */
 static int send_body(struct mg_connection *conn, int status, const char *type, const void *body,
                      size_t len, const char *extra)
 {
+    int is_head = strcmp(mg_get_request_info(conn)->request_method, "HEAD") == 0;
+
     mg_printf(conn,
               "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s%s\r\n", status,
-              status_text(status), type, len, security_headers, extra ? extra : "");
-    if (len)
+              status_text(status), type, len, WEB_SECURITY_HEADERS, extra ? extra : "");
+    if (len && !is_head)
         mg_write(conn, body, len);
     return status;
 }
@@ -110,23 +118,35 @@ int web_token_equal(const char *given, size_t given_len, const char *expected)
     return diff == 0;
 }
 
-/* 1 = the right token, 0 = a wrong token was presented (a guess: it counts for
- * rate limiting), -1 = no Bearer token at all (not a guess). */
-static int authorized(struct mg_connection *conn)
+/* 1 = the admin's token or a scoped one (who says which), 0 = a wrong token
+ * was presented (a guess: it counts for rate limiting), -1 = no Bearer token
+ * at all (not a guess). The scheme is case-insensitive (RFC 7235 2.1:
+ * "bearer", "BEARER" too), then one or more spaces, then the token. */
+static int authorized(struct mg_connection *conn, struct principal *who)
 {
     const char *h = mg_get_header(conn, "Authorization");
+    int scoped;
 
-    if (!h || strncmp(h, "Bearer ", 7) != 0)
+    memset(who, 0, sizeof(*who));
+    if (!h || strncasecmp(h, "Bearer", 6) != 0 || h[6] != ' ')
         return -1;
-    h += 7;
-    return web_token_equal(h, strlen(h), web_token) ? 1 : 0;
+    h += 6;
+    while (*h == ' ')
+        h++;
+    if (!*h)
+        return -1;
+    /* Both comparisons, whatever the first says. */
+    who->admin = web_token_equal(h, strlen(h), web_token);
+    scoped = tokens_lookup(h, strlen(h), &who->scope);
+    return who->admin || scoped ? 1 : 0;
 }
 
-/* The client's address: CivetWeb's view, except for connections the TLS front
- * made on behalf of a client, which it maps back to that client's address. */
+/* The client's address: the front maps its own connections (matched by
+ * address and port) back to their client's address; anything else came to
+ * the internal port directly from this host, and is what CivetWeb saw. */
 static void client_ip(const struct mg_request_info *ri, char ip[RATELIMIT_KEY_LEN])
 {
-    if (web_https && web_tls_client_addr(ri->remote_port, ip, RATELIMIT_KEY_LEN) == 0)
+    if (web_front_client_addr(ri->remote_addr, ri->remote_port, ip, RATELIMIT_KEY_LEN) == 0)
         return;
     snprintf(ip, RATELIMIT_KEY_LEN, "%s", ri->remote_addr);
 }
@@ -183,6 +203,12 @@ static json_t *read_json_body(struct mg_connection *conn, int *status, char *err
             goto out;
         }
     }
+    /* Jansson recurses per level: bound the nesting first (a deep body would
+     * overflow this worker's 100 KiB stack and end the process). */
+    if (!json_depth_ok(buf, len, WEB_MAX_JSON_DEPTH)) {
+        snprintf(err, errlen, "the body is nested deeper than %d levels", WEB_MAX_JSON_DEPTH);
+        goto out;
+    }
     obj = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!obj) {
         snprintf(err, errlen, "the body is not valid JSON: %s", jerr.text);
@@ -196,7 +222,7 @@ out:
     return obj;
 }
 
-static int api_register(struct mg_connection *conn)
+static int api_register(struct mg_connection *conn, const struct principal *who)
 {
     char err[300];
     struct app_spec spec;
@@ -210,12 +236,12 @@ static int api_register(struct mg_connection *conn)
         return send_error(conn, 400, err);
     }
     json_decref(body);
-    status = registry_register(&spec, 0, err, sizeof(err));
+    status = registry_register_as(&spec, 0, who, err, sizeof(err));
     if (status >= 300)
         return send_error(conn, status, err);
     /* Answer with the app as /list shows it. */
     {
-        json_t *list = registry_list(), *app = NULL, *a;
+        json_t *list = registry_list_as(who), *app = NULL, *a;
         size_t i;
         json_array_foreach(json_object_get(list, "apps"), i, a) {
             if (strcmp(json_string_value(json_object_get(a, "name")), spec.name) == 0)
@@ -226,25 +252,138 @@ static int api_register(struct mg_connection *conn)
     }
 }
 
-static int api_unregister(struct mg_connection *conn)
+/* A JSON body with the string member key (1 to 64 bytes): the body, with
+ * *name inside it; or NULL with the error answer sent and its result in *rc. */
+static json_t *read_named_body(struct mg_connection *conn, const char *key, const char **name,
+                               int *rc)
 {
     char err[300];
     int status;
     json_t *body = read_json_body(conn, &status, err, sizeof(err));
-    const char *name;
 
-    if (!body)
-        return send_error(conn, status, err);
-    name = json_string_value(json_object_get(body, "name"));
-    if (!name) {
-        json_decref(body);
-        return send_error(conn, 400, "'name' (a string) is required");
+    if (!body) {
+        *rc = send_error(conn, status, err);
+        return NULL;
     }
-    status = registry_unregister(name, err, sizeof(err));
-    json_decref(body);
+    *name = json_string_value(json_object_get(body, key));
+    if (!*name || !**name || strlen(*name) > PKT_NAME_MAX) {
+        snprintf(err, sizeof(err), "'%s' (a string) is required", key);
+        json_decref(body);
+        *rc = send_error(conn, 400, err);
+        return NULL;
+    }
+    return body;
+}
+
+/* The answer to an action: {"ok": true}, or the error. */
+static int send_done(struct mg_connection *conn, int status, const char *err)
+{
     if (status != 200)
         return send_error(conn, status, err);
     return send_json(conn, 200, json_pack("{s:b}", "ok", 1));
+}
+
+/* POST /unregister, /disable, /enable: {"name": APP}. */
+static int api_app_action(struct mg_connection *conn, const char *uri, const struct principal *who)
+{
+    char err[300];
+    const char *name;
+    int status, rc = 0;
+    json_t *body = read_named_body(conn, "name", &name, &rc);
+
+    if (!body)
+        return rc;
+    if (strcmp(uri, "/unregister") == 0)
+        status = registry_unregister_as(name, who, err, sizeof(err));
+    else
+        status = registry_set_disabled(name, strcmp(uri, "/disable") == 0, who, err, sizeof(err));
+    json_decref(body);
+    return send_done(conn, status, err);
+}
+
+/* POST /kick: {"private": NAME, "refuse_for": SECONDS (optional)}. */
+static int api_kick(struct mg_connection *conn, const struct principal *who)
+{
+    char err[300];
+    const char *name;
+    int status, rc = 0;
+    json_t *body = read_named_body(conn, "private", &name, &rc), *v;
+    json_int_t refuse = 0;
+
+    if (!body)
+        return rc;
+    v = json_object_get(body, "refuse_for");
+    if (v && !json_is_null(v)) {
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 86400) {
+            json_decref(body);
+            return send_error(conn, 400, "'refuse_for' must be whole seconds from 0 to 86400");
+        }
+        refuse = json_integer_value(v);
+    }
+    status = registry_kick(name, (unsigned)refuse, who, err, sizeof(err));
+    json_decref(body);
+    return send_done(conn, status, err);
+}
+
+/* POST /connections/close: {"private": NAME, "id": CONN}. */
+static int api_close_conn(struct mg_connection *conn, const struct principal *who)
+{
+    char err[300];
+    const char *name;
+    int status, rc = 0;
+    json_t *body = read_named_body(conn, "private", &name, &rc), *v;
+
+    if (!body)
+        return rc;
+    v = json_object_get(body, "id");
+    if (!json_is_integer(v) || json_integer_value(v) < 0) {
+        json_decref(body);
+        return send_error(conn, 400, "'id' (a connection's id from GET /connections) is required");
+    }
+    status = registry_close_conn(name, (uint64_t)json_integer_value(v), who, err, sizeof(err));
+    json_decref(body);
+    return send_done(conn, status, err);
+}
+
+/* POST /tokens: a new token. */
+static int api_token_create(struct mg_connection *conn, const struct principal *who)
+{
+    char err[300], by[TOKEN_LABEL_MAX * 4 + 40];
+    int status;
+    json_t *body = read_json_body(conn, &status, err, sizeof(err)), *answer = NULL;
+
+    if (!body)
+        return send_error(conn, status, err);
+    status = tokens_create(body, &answer, err, sizeof(err));
+    json_decref(body);
+    if (status != 201)
+        return send_error(conn, status, err);
+    log_info("ev=token_created id=%s by=%s", json_string_value(json_object_get(answer, "id")),
+             principal_who(who, by, sizeof(by)));
+    return send_json(conn, 201, answer);
+}
+
+/* POST /tokens/revoke {"id"}: closes the token's tunnels too. */
+static int api_token_revoke(struct mg_connection *conn, const struct principal *who)
+{
+    char err[300], by[TOKEN_LABEL_MAX * 4 + 40], idc[TOKEN_ID_LEN + 1];
+    const char *id;
+    int status, rc = 0;
+    json_t *body = read_named_body(conn, "id", &id, &rc);
+    unsigned closed;
+
+    if (!body)
+        return rc;
+    snprintf(idc, sizeof(idc), "%s", id);
+    status = tokens_revoke(id, err, sizeof(err));
+    json_decref(body);
+    if (status != 200)
+        return send_error(conn, status, err);
+    closed = registry_revoked(idc);
+    log_info("ev=token_revoked id=%s tunnels_closed=%u by=%s", idc, closed,
+             principal_who(who, by, sizeof(by)));
+    return send_json(conn, 200, json_pack("{s:b,s:I}", "ok", 1, "tunnels_closed",
+                                          (json_int_t)closed));
 }
 
 /* Threads and descriptors of this process, read from /proc. */
@@ -311,46 +450,85 @@ static int serve_asset(struct mg_connection *conn, const char *uri)
     return send_error(conn, 404, "not found");
 }
 
+/* The API's endpoints: the methods each takes, and whether only the admin may. */
+static const struct {
+    const char *uri;
+    int get, post, admin;
+} endpoints[] = {
+    {"/list", 1, 0, 0},          {"/metrics", 1, 0, 1},     {"/register", 0, 1, 0},
+    {"/unregister", 0, 1, 0},    {"/disable", 0, 1, 0},     {"/enable", 0, 1, 0},
+    {"/kick", 0, 1, 0},          {"/connections", 1, 0, 0}, {"/connections/close", 0, 1, 0},
+    {"/tokens", 1, 1, 1},        {"/tokens/revoke", 0, 1, 1},
+};
+
 static int handle(struct mg_connection *conn, void *cbdata)
 {
     const struct mg_request_info *ri = mg_get_request_info(conn);
     const char *uri = ri->local_uri ? ri->local_uri : "/";
     int is_get = strcmp(ri->request_method, "GET") == 0 || strcmp(ri->request_method, "HEAD") == 0;
     int is_post = strcmp(ri->request_method, "POST") == 0;
-    int api = strcmp(uri, "/register") == 0 || strcmp(uri, "/unregister") == 0 ||
-              strcmp(uri, "/list") == 0 || strcmp(uri, "/metrics") == 0;
+    int ep = -1;
     char ip[RATELIMIT_KEY_LEN];
     unsigned wait_ms = 0;
+    struct principal who;
     int auth;
 
     (void)cbdata;
-    if (!api) {
+    for (size_t i = 0; i < sizeof(endpoints) / sizeof(endpoints[0]); i++)
+        if (strcmp(uri, endpoints[i].uri) == 0)
+            ep = (int)i;
+    if (ep < 0) {
         if (!is_get)
             return send_error(conn, 405, "only GET is allowed here");
         return serve_asset(conn, uri);
     }
     client_ip(ri, ip);
-    if (ratelimit_check(ip, &wait_ms)) {
+    if (ratelimit_check_in(RATELIMIT_WEB, ip, &wait_ms)) {
         log_warn("ev=web_rate_limited client=%s uri=%s wait_ms=%u", ip, uri, wait_ms);
         return send_rate_limited(conn, wait_ms);
     }
-    auth = authorized(conn);
+    auth = authorized(conn, &who);
     if (auth != 1) {
         if (auth == 0)
-            ratelimit_fail(ip);
+            ratelimit_fail_in(RATELIMIT_WEB, ip);
         log_warn("ev=web_unauthorized client=%s uri=%s reason=\"%s\"", ip, uri,
                  auth == 0 ? "wrong token" : "no Bearer token");
         return send_error(conn, 401, "missing or wrong token: send 'Authorization: Bearer TOKEN'");
     }
-    ratelimit_success(ip);
-    if (strcmp(uri, "/list") == 0)
-        return is_get ? send_json(conn, 200, registry_list())
-                      : send_error(conn, 405, "use GET for /list");
+    ratelimit_success_in(RATELIMIT_WEB, ip);
+    if ((is_get && !endpoints[ep].get) || (is_post && !endpoints[ep].post) ||
+        (!is_get && !is_post))
+        return send_error(conn, 405, endpoints[ep].get && endpoints[ep].post
+                                         ? "use GET, or POST with a JSON body"
+                                     : endpoints[ep].get ? "use GET here"
+                                                         : "use POST with a JSON body");
+    if (endpoints[ep].admin && !who.admin)
+        return send_error(conn, 403, "only the admin token may do this");
+    if (strcmp(uri, "/list") == 0) {
+        json_t *l = registry_list_as(&who);
+        if (l && !who.admin)
+            json_object_set_new(l, "token", token_scope_json(&who.scope));
+        if (l)
+            json_object_set_new(l, "admin", json_boolean(who.admin));
+        return send_json(conn, 200, l);
+    }
     if (strcmp(uri, "/metrics") == 0)
-        return is_get ? api_metrics(conn) : send_error(conn, 405, "use GET for /metrics");
-    if (!is_post)
-        return send_error(conn, 405, "use POST with a JSON body");
-    return strcmp(uri, "/register") == 0 ? api_register(conn) : api_unregister(conn);
+        return api_metrics(conn);
+    if (strcmp(uri, "/connections") == 0)
+        return send_json(conn, 200, registry_connections(&who));
+    if (strcmp(uri, "/tokens") == 0 && is_get)
+        return send_json(conn, 200, tokens_list());
+    if (strcmp(uri, "/tokens") == 0)
+        return api_token_create(conn, &who);
+    if (strcmp(uri, "/tokens/revoke") == 0)
+        return api_token_revoke(conn, &who);
+    if (strcmp(uri, "/register") == 0)
+        return api_register(conn, &who);
+    if (strcmp(uri, "/kick") == 0)
+        return api_kick(conn, &who);
+    if (strcmp(uri, "/connections/close") == 0)
+        return api_close_conn(conn, &who);
+    return api_app_action(conn, uri, &who);
 }
 
 static int on_log(const struct mg_connection *conn, const char *message)
@@ -404,18 +582,23 @@ static int web_free_loopback_port(void)
     return port;
 }
 
-/* HTTPS: the front takes the public port first (so "in use" names the right
- * port), then CivetWeb gets a free loopback port (another program may grab it
- * between our probe and CivetWeb's bind: then try another), then the front
- * starts relaying to it. */
-static int web_start_https(const char *bind_addr, int port, SSL_CTX *ctx, char *err,
-                           size_t errlen)
+/* The front takes the public port first (so "in use" names the right port),
+ * then CivetWeb gets a free loopback port (another program may grab it between
+ * our probe and CivetWeb's bind: then try another), then the front starts
+ * handing it requests. */
+int web_start(const struct net_binds *binds, int port, const char *token, SSL_CTX *https_ctx, char *err,
+              size_t errlen)
 {
     char ports[64];
     int internal = -1;
 
-    if (web_tls_listen(ctx, bind_addr, port, err, errlen) != 0)
+    web_token = strdup(token);
+    if (!web_token) {
+        snprintf(err, errlen, "out of memory");
         return -1;
+    }
+    if (web_front_listen(https_ctx, binds, port, err, errlen) != 0)
+        goto fail;
     for (int i = 0; i < WEB_INTERNAL_TRIES && !web_ctx; i++) {
         internal = web_free_loopback_port();
         if (internal < 0)
@@ -425,61 +608,65 @@ static int web_start_https(const char *bind_addr, int port, SSL_CTX *ctx, char *
     }
     if (!web_ctx) {
         snprintf(err, errlen, "cannot start the internal web server on a loopback port");
-        web_tls_stop();
-        return -1;
+        goto fail;
     }
-    web_https = 1;
-    if (web_tls_run(internal, err, errlen) != 0) {
-        web_tls_stop();
-        return -1;
-    }
-    log_info("ev=web_https_ready port=%d internal_port=%d", port, internal);
-    return 0;
-}
-
-int web_start(const char *bind_addr, int port, const char *token, SSL_CTX *https_ctx, char *err,
-              size_t errlen)
-{
-    char ports[96];
-
-    web_token = strdup(token);
-    if (!web_token) {
-        snprintf(err, errlen, "out of memory");
-        return -1;
-    }
-    if (https_ctx) {
-        if (web_start_https(bind_addr, port, https_ctx, err, errlen) != 0)
-            goto fail;
-    } else {
-        if (bind_addr && *bind_addr)
-            snprintf(ports, sizeof(ports), "%s:%d", bind_addr, port);
-        else
-            snprintf(ports, sizeof(ports), "%d", port);
-        web_ctx = web_civet_start(ports);
-        if (!web_ctx) {
-            snprintf(err, errlen, "cannot serve the web port %s (in use, or not allowed?)", ports);
-            goto fail;
-        }
-    }
+    web_internal_port = internal;
+    if (web_front_run(internal, err, errlen) != 0)
+        goto fail;
+    log_info("ev=web_ready port=%d internal_port=%d https=%s", port, internal,
+             https_ctx ? "on" : "off");
     return 0;
 fail:
+    web_front_stop();
     if (web_ctx)
         mg_stop(web_ctx);
     web_ctx = NULL;
-    web_https = 0;
     free(web_token);
     web_token = NULL;
     return -1;
 }
 
+/* CivetWeb 1.15's master thread looks at its stop flag only when the poll()
+ * of its listening socket returns, once a second when nothing comes: mg_stop()
+ * alone took about a second of every proxy_public shutdown. A connection to
+ * the internal port wakes that poll at once; this thread makes one every
+ * 20 ms (loopback only, at most 3 s) until mg_stop() has returned. */
+static void *web_stop_waker(void *arg)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+
+    (void)arg;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    sa.sin_port = htons((uint16_t)web_internal_port);
+    for (int i = 0; i < 150 && !web_stopped; i++) {
+        struct timespec ts = {.tv_nsec = 20 * 1000 * 1000};
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd >= 0) {
+            (void)connect(fd, (struct sockaddr *)&sa, sizeof(sa));
+            close(fd);
+        }
+        nanosleep(&ts, NULL);
+    }
+    return NULL;
+}
+
 void web_stop(void)
 {
+    pthread_t waker;
+    int have_waker = 0;
+
     /* The front first: its connections end before CivetWeb goes away. */
-    web_tls_stop();
-    if (web_ctx)
+    web_front_stop();
+    if (web_ctx) {
+        web_stopped = 0;
+        have_waker = web_internal_port > 0 &&
+                     pthread_create(&waker, NULL, web_stop_waker, NULL) == 0;
         mg_stop(web_ctx);
+        web_stopped = 1;
+        if (have_waker)
+            pthread_join(waker, NULL);
+    }
     web_ctx = NULL;
-    web_https = 0;
     free(web_token);
     web_token = NULL;
 }

@@ -33,6 +33,18 @@ function row(label, m, fmt, vs_direct,    i, line) {
     print line " |"
 }
 
+# udprow: row() over direct, plain and tls only.
+function udprow(label, m, fmt, vs_direct,    i, line, k) {
+    line = "| " label
+    for (i = 1; i <= 3; i++) {
+        k = P[i] "." m
+        if (!has(k)) { line = line " | " (has(P[i] ".status") ? "n/a (" R[P[i] ".status"] ")" : "n/a"); continue }
+        line = line " | " sprintf(fmt, R[k])
+        if (vs_direct && i > 1 && has("direct." m)) line = line " (" ratio(R[k], R["direct." m]) " direct)"
+    }
+    print line " |"
+}
+
 function verdict(ok) { return ok ? "**MET**" : "**NOT MET**" }
 
 # target(text, ok, detail): one line of the targets list; ok = -1 means not measurable.
@@ -54,6 +66,9 @@ END {
     P[2] = "plain";  L[2] = plain_label
     P[3] = "tls";    L[3] = "tunnel, TLS"
     P[4] = "ssh";    L[4] = "ssh -R (chacha20-poly1305)"
+    # Columns that are there only when the run had them.
+    if (has("tls_noresume.bulk_up") || has("tls_noresume.status")) { P[++npaths] = "tls_noresume"; L[npaths] = "tunnel, TLS, resumption off (--resume-grace 0)" }
+    if (has("tls_prev.bulk_up") || has("tls_prev.status")) { P[++npaths] = "tls_prev"; L[npaths] = "tunnel, TLS, earlier build (BENCH_PREV_BIN)" }
     # Sums of the two sides, when both exist.
     for (i = 1; i <= npaths; i++) {
         p = P[i]
@@ -101,13 +116,44 @@ END {
     print "number held."
     print ""
 
+    # UDP: its own table, for the paths that have UDP (ssh -R has none).
+    if (has("direct.udp_p50") || has("plain.udp_p50") || has("tls.udp_p50")) {
+        for (i = 1; i <= npaths; i++) {
+            p = P[i]
+            if (has(p ".bulk_flood") && has(p ".bulk_up")) R[p ".flood_keep"] = 100 * R[p ".bulk_flood"] / R[p ".bulk_up"]
+            if (has(p ".bulk_flood_same") && has(p ".bulk_up")) R[p ".flood_keep_same"] = 100 * R[p ".bulk_flood_same"] / R[p ".bulk_up"]
+        }
+        print "UDP (`ssh -R` carries no UDP; ratios to the direct path):"
+        print ""
+        print "| figure | direct | " plain_label " | tunnel, TLS |"
+        print "|---|---|---|---|"
+        udprow("UDP ping-pong 64 B p50, µs", "udp_p50", "%.1f", 1)
+        udprow("UDP ping-pong 64 B p99, µs", "udp_p99", "%.1f", 1)
+        udprow("iperf3 -u at " R["udp.rate"] "bit/s (1400 B), received Mbit/s", "udp_mbit", "%.1f", 1)
+        udprow("iperf3 -u loss, %", "udp_loss", "%.3f", 0)
+        udprow("TCP bulk up under a UDP flood (the flooder under nice 19), Mbit/s", "bulk_flood", "%.0f", 1)
+        udprow("... that, in % of the same path's bulk up without the flood", "flood_keep", "%.0f%%", 0)
+        udprow("the flood's offered load, Mbit/s (" flood_size_note ")", "flood_mbit", "%.0f", 0)
+        udprow("TCP bulk up under a UDP flood (the flooder at the same priority), Mbit/s", "bulk_flood_same", "%.0f", 1)
+        udprow("... that, in % of the same path's bulk up without the flood", "flood_keep_same", "%.0f%%", 0)
+        udprow("the flood's offered load, Mbit/s", "flood_mbit_same", "%.0f", 0)
+        print ""
+        for (i = 2; i <= 3; i++)
+            if (has(P[i] ".flood_drops"))
+                print "- " L[i] ": the flood's UDP app at the end of the run: " R[P[i] ".flood_drops"]
+        print ""
+    }
+
     print "Rounds (bulk, ping-pong, new connections; the table shows the median):"
     print ""
     for (i = 1; i <= npaths; i++) {
         p = P[i]
         if (!has(p ".bulk_up.rounds") && !has(p ".p50.rounds") && !has(p ".cps.rounds")) continue
         print "- " L[i] ": bulk up " R[p ".bulk_up.rounds"] "; bulk down " R[p ".bulk_down.rounds"] \
-              "; p50 " R[p ".p50.rounds"] "; p99 " R[p ".p99.rounds"] "; conns/s " R[p ".cps.rounds"]
+              "; p50 " R[p ".p50.rounds"] "; p99 " R[p ".p99.rounds"] "; conns/s " R[p ".cps.rounds"] \
+              (has(p ".udp_p50.rounds") ? "; UDP p50 " R[p ".udp_p50.rounds"] "; iperf3 -u loss % " R[p ".udp_loss.rounds"] \
+               "; bulk up under the flood " R[p ".bulk_flood.rounds"] \
+               "; the same, flooder not niced " R[p ".bulk_flood_same.rounds"] : "")
     }
     print ""
     print "## Targets"
@@ -143,6 +189,36 @@ END {
         else target(hold_n " concurrent all held, ≤ 64 KiB RSS per connection, " name, -1,
                     has(p ".status") ? R[p ".status"] : (has(p ".held") ? R[p ".held"] " held" : "missing figures"))
     }
+    if (has("tls_prev.bulk_up") && has("tls_prev.bulk_down") && has("tls.bulk_up") && has("tls.bulk_down")) {
+        a = R["tls.bulk_up"] / R["tls_prev.bulk_up"]; b = R["tls.bulk_down"] / R["tls_prev.bulk_down"]
+        target("bulk, TLS ≥ 80% of the earlier build (both directions)", a >= 0.8 && b >= 0.8,
+               sprintf("%.0f%% and %.0f%%", a * 100, b * 100))
+    }
+    if (has("tls_noresume.bulk_up") && has("tls_noresume.bulk_down") && has("tls.bulk_up") && has("tls.bulk_down")) {
+        a = R["tls.bulk_up"] / R["tls_noresume.bulk_up"]; b = R["tls.bulk_down"] / R["tls_noresume.bulk_down"]
+        c = has("tls.p50") && has("tls_noresume.p50") ? R["tls.p50"] / R["tls_noresume.p50"] : 0
+        target("resumption on costs ≤ 5% of bulk and ping-pong p50 (against off, same run)",
+               a >= 0.95 && b >= 0.95 && c > 0 && c <= 1.05,
+               sprintf("bulk %.0f%% / %.0f%% of off, p50 %.0f%% of off", a * 100, b * 100, c * 100))
+    }
+    for (j = 2; j <= 3; j++) {
+        p = P[j]
+        name = (p == "tls") ? "TLS" : "plaintext"
+        if (has(p ".udp_p50") && has(p ".p50"))
+            target("UDP ping-pong p50 ≤ 1.2× the tunnel's TCP p50, " name, R[p ".udp_p50"] <= 1.2 * R[p ".p50"],
+                   sprintf("%.1f vs %.1f µs: %.2f×", R[p ".udp_p50"], R[p ".p50"], R[p ".udp_p50"] / R[p ".p50"]))
+        if (has(p ".udp_loss") && has("direct.udp_loss"))
+            target("iperf3 -u at " R["udp.rate"] "bit/s: < 1% loss through the tunnel where direct loses " R["direct.udp_loss"] "%, " name,
+                   R[p ".udp_loss"] < 1, sprintf("%.3f%% lost", R[p ".udp_loss"]))
+        if (has(p ".flood_keep"))
+            target("TCP keeps ≥ 50% of its bulk speed under a UDP flood on the same tunnel (flooder niced), " name,
+                   R[p ".flood_keep"] >= 50, sprintf("%.0f%%; direct path under the same flood: %s; flooder not niced: %s", R[p ".flood_keep"],
+                   has("direct.flood_keep") ? sprintf("%.0f%%", R["direct.flood_keep"]) : "n/a",
+                   has(p ".flood_keep_same") ? sprintf("%.0f%%", R[p ".flood_keep_same"]) : "n/a"))
+    }
+    if (has("resume.reset_ms"))
+        print "- outages (TLS, one open connection): reset of the tunnel to the first byte through it again: " \
+              R["resume.reset_ms"] " ms median, " R["resume.reset_max_ms"] " ms at most; a 17 s silent cut, from the link's return to the first byte: " R["resume.stall_ms"] " ms"
     if (hold_n != 10000) print "- (the hold test ran with " hold_n " connections, not 10,000: targets on it are indicative)"
 
     nn = 0

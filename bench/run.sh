@@ -14,7 +14,20 @@
 # BENCH_HOLD_SECONDS (120: give up opening after that; ssh -R needs ~60 s for 10,000
 # on an idle 2-core machine, its per-channel cost grows with the channels open), BENCH_PATHS ("direct ssh plain tls"),
 # BENCH_TLS_PUB_ARGS / BENCH_TLS_PRIV_ARGS (extra flags for the TLS tunnel, e.g.
-# a certificate or a pinned fingerprint, should the TLS mode need them).
+# a certificate or a pinned fingerprint, should the TLS mode need them),
+# BENCH_PREV_BIN (a folder with an earlier build's proxy_public/proxy_private:
+# adds the path tls_prev, the same TLS tunnel from those binaries, to compare a
+# change with what it replaces in one run), BENCH_RESUME_RESETS (9).
+# Paths tls_noresume (TLS with --resume-grace 0 on both sides: resumption off,
+# nothing retained) and tls_prev run the rounds but not the hold test.
+# UDP (paths direct, plain, tls: ssh -R has none): 64-byte UDP ping-pong,
+# iperf3 -u at BENCH_UDP_RATE (default: the highest of 400M 200M 100M 50M that
+# the direct path carries without loss, found first), and the TCP bulk upload
+# while BENCH_UDP_FLOOD_SIZE (1400) byte datagrams flood a UDP sink app of the
+# same tunnel from one socket as fast as it sends: once with the flooding
+# process under nice 19 (the target's figure: on a real server a flood costs
+# the kernel's network receive, not a process competing with the relay for
+# the same two cores) and once at the same priority as everything else.
 # Logs of every process started are kept in build/bench/logs/.
 set -u
 
@@ -29,7 +42,17 @@ CR_PARALLEL=8
 HOLD_N=${BENCH_HOLD:-10000}
 HOLD_INFLIGHT=${BENCH_HOLD_INFLIGHT:-128}
 HOLD_SECONDS=${BENCH_HOLD_SECONDS:-120}
-PATHS=${BENCH_PATHS:-direct ssh plain tls}
+PREV_BIN=${BENCH_PREV_BIN:-}
+if [ -n "$PREV_BIN" ]; then
+    PATHS=${BENCH_PATHS:-direct ssh plain tls tls_noresume tls_prev}
+else
+    PATHS=${BENCH_PATHS:-direct ssh plain tls tls_noresume}
+fi
+HOLD_PATHS="direct ssh plain tls"
+UDP_PATHS="direct plain tls"
+UDP_RATE=${BENCH_UDP_RATE:-}
+FLOOD_SIZE=${BENCH_UDP_FLOOD_SIZE:-1400}
+RESUME_RESETS=${BENCH_RESUME_RESETS:-9}
 TOKEN="bench-$$-token"
 TB="$ROOT/build/bench/tcpbench"
 LOGDIR="$ROOT/build/bench/logs"
@@ -166,6 +189,10 @@ HAS_TLS=0
 if [ $TUNNEL_OK = 1 ] && ./proxy_public --help 2>&1 | grep -q -- '--insecure-plaintext'; then
     HAS_TLS=1
 fi
+HAS_UDP=0
+if [ $TUNNEL_OK = 1 ] && ./proxy_private --help 2>&1 | grep -q -- '/udp'; then
+    HAS_UDP=1
+fi
 
 # ------------------------------------------------------------------ the apps
 spawn echo "$TB" echo-server 0
@@ -175,11 +202,21 @@ while [ $i -lt 50 ] && ! grep -q '^port=' "$LOGDIR/echo.log" 2>/dev/null; do sle
 ECHO_PORT=$(sed -n 's/^port=//p' "$LOGDIR/echo.log")
 [ -n "$ECHO_PORT" ] || { log "echo server did not start"; exit 1; }
 
+spawn udp-echo "$TB" udp-echo 0
+i=0
+while [ $i -lt 50 ] && ! grep -q '^port=' "$LOGDIR/udp-echo.log" 2>/dev/null; do sleep 0.1; i=$((i + 1)); done
+UECHO_PORT=$(sed -n 's/^port=//p' "$LOGDIR/udp-echo.log")
+spawn udp-sink "$TB" udp-echo 0 sink
+i=0
+while [ $i -lt 50 ] && ! grep -q '^port=' "$LOGDIR/udp-sink.log" 2>/dev/null; do sleep 0.1; i=$((i + 1)); done
+USINK_PORT=$(sed -n 's/^port=//p' "$LOGDIR/udp-sink.log")
+[ -n "$UECHO_PORT" ] && [ -n "$USINK_PORT" ] || { log "UDP echo/sink did not start"; exit 1; }
+
 IPERF_PORT=$("$TB" freeport 1)
 spawn iperf3-server iperf3 -s -B 127.0.0.1 -p "$IPERF_PORT"
 IPERF_PID=$SPAWNED
 "$TB" waitport 127.0.0.1 "$IPERF_PORT" 10 || { log "iperf3 server did not start"; tail_log iperf3-server >&2; exit 1; }
-log "apps: echo on 127.0.0.1:$ECHO_PORT, iperf3 on 127.0.0.1:$IPERF_PORT"
+log "apps: echo on 127.0.0.1:$ECHO_PORT, iperf3 on 127.0.0.1:$IPERF_PORT (TCP and UDP), UDP echo on $UECHO_PORT, UDP sink on $USINK_PORT"
 
 # ------------------------------------------------------------------ measurements
 # iperf_parse FILE: prints "BYTES MBITPS" of the receiver's sum, or nothing.
@@ -202,6 +239,10 @@ path_add() {
 path_get() { # path_get PATH: sets iport eport pub priv
     eval "iport=\$IPORT_$1 eport=\$EPORT_$1 pub=\"\$PUB_$1\" priv=\"\$PRIV_$1\""
 }
+# UDP ports of a path: udp_add PATH UDP_ECHO_PORT UDP_SINK_PORT; udp_get sets ueport usport
+# (empty when the path has no UDP).
+udp_add() { eval "UEPORT_$1=\$2 USPORT_$1=\$3"; }
+udp_get() { eval "ueport=\${UEPORT_$1:-} usport=\${USPORT_$1:-}"; }
 cpu_of() { "$TB" pstat "$@" | cut -d' ' -f1; }
 rss_of() { "$TB" pstat "$@" | cut -d' ' -f2; }
 
@@ -221,6 +262,80 @@ bulk() {
         log "$path: bulk $dir $2 Mbit/s"
     else
         note "$path: iperf3 $dir failed: $(grep '"error"' "$LOGDIR/$path-iperf-$dir.json" | head -1 | tr -s ' \t' ' ')"
+    fi
+}
+
+# iperf_udp_parse FILE: prints "MBITPS LOST_PERCENT" of what the receiver got.
+iperf_udp_parse() {
+    awk '/"sum_received"[ \t]*:/ { f = 1 }
+         f && /"bits_per_second"[ \t]*:/ { v = $0; sub(/.*:[ \t]*/, "", v); sub(/,.*/, "", v); b = v }
+         f && /"lost_percent"[ \t]*:/ { v = $0; sub(/.*:[ \t]*/, "", v); sub(/,.*/, "", v);
+                                        printf "%.1f %.3f\n", b / 1e6, v; exit }' "$1"
+}
+
+# udp_rate PATH RATE: one iperf3 -u run at RATE; prints "MBITPS LOST_PERCENT".
+udp_rate() {
+    path_get "$1"
+    timeout $((BULK_SECONDS + 30)) iperf3 -c 127.0.0.1 -p "$iport" -u -b "$2" -l 1400 \
+        -t "$BULK_SECONDS" -J >"$LOGDIR/$1-iperf-udp.json" 2>&1
+    iperf_udp_parse "$LOGDIR/$1-iperf-udp.json"
+}
+
+udp_bulk() {
+    path=$1
+    set -- $(udp_rate "$path" "$UDP_RATE")
+    if [ $# = 2 ]; then
+        rec "$path" udp_mbit "$1"
+        rec "$path" udp_loss "$2"
+        log "$path: iperf3 -u at $UDP_RATE: $1 Mbit/s received, $2 % lost"
+    else
+        note "$path: iperf3 -u failed: $(grep '"error"' "$LOGDIR/$path-iperf-udp.json" | head -1 | tr -s ' \t' ' ')"
+    fi
+}
+
+udp_pingpong() {
+    path=$1
+    udp_get "$path"
+    out=$(timeout 120 "$TB" udp-pingpong 127.0.0.1 "$ueport" "$PP_ROUNDS" 64 2>>"$LOGDIR/$path-udp-pingpong.log")
+    set -- $out
+    if [ $# = 3 ]; then
+        rec "$path" udp_p50 "$1"
+        rec "$path" udp_p99 "$2"
+        [ "$3" != 0 ] && note "$path: $3 UDP ping-pongs were lost and sent again"
+        log "$path: UDP ping-pong p50 $1 us, p99 $2 us"
+    else
+        note "$path: UDP ping-pong failed: $(tail -n 1 "$LOGDIR/$path-udp-pingpong.log")"
+    fi
+}
+
+# bulk_flood PATH nice|same: the TCP upload of bulk() while a UDP flood runs
+# on the same path (the tunnel's, or the machine's for direct), the flooding
+# process under nice 19 or not; rec bulk_flood (bulk_flood_same) and the
+# flood's offered rate.
+bulk_flood() {
+    path=$1
+    kind=$2
+    sfx=""
+    niceness=""
+    if [ "$kind" = nice ]; then niceness="nice -n 19"; else sfx=_same; fi
+    path_get "$path"
+    udp_get "$path"
+    $niceness "$TB" udp-flood 127.0.0.1 "$usport" $((BULK_SECONDS + 2)) "$FLOOD_SIZE" >"$TMP/flood.out" 2>"$LOGDIR/$path-flood$sfx.log" &
+    fpid=$!
+    PIDS="$PIDS $fpid"
+    sleep 0.5
+    timeout $((BULK_SECONDS + 30)) iperf3 -c 127.0.0.1 -p "$iport" -t "$BULK_SECONDS" -J \
+        >"$LOGDIR/$path-iperf-flood$sfx.json" 2>&1
+    wait $fpid
+    forget $fpid
+    set -- $(iperf_parse "$LOGDIR/$path-iperf-flood$sfx.json")
+    if [ $# = 2 ]; then
+        rec "$path" "bulk_flood$sfx" "$2"
+        rec "$path" "flood_mbit$sfx" "$(awk -v n="$(cat "$TMP/flood.out")" -v s="$FLOOD_SIZE" -v t=$((BULK_SECONDS + 2)) \
+            'BEGIN { printf "%.0f", n * s * 8 / t / 1e6 }')"
+        log "$path: bulk up under a UDP flood ($kind priority) $2 Mbit/s (flood offered $(cat "$TMP/flood.out") datagrams)"
+    else
+        note "$path: iperf3 under the UDP flood ($kind priority) failed: $(grep '"error"' "$LOGDIR/$path-iperf-flood$sfx.json" | head -1 | tr -s ' \t' ' ')"
     fi
 }
 
@@ -366,12 +481,17 @@ EOF
 # needs --insecure-plaintext on both sides; before that, plain is the only mode.
 run_tunnel() {
     mode=$1
+    bin=.
     pub_extra="" priv_extra=""
     if [ "$mode" = plain ] && [ $HAS_TLS = 1 ]; then
         pub_extra="--insecure-plaintext" priv_extra="--insecure-plaintext"
     fi
-    if [ "$mode" = tls ]; then
+    case $mode in tls_prev) bin=$PREV_BIN ;; esac
+    if [ "$mode" != plain ]; then
         pub_extra=${BENCH_TLS_PUB_ARGS:-} priv_extra=${BENCH_TLS_PRIV_ARGS:-}
+        if [ "$mode" = tls_noresume ]; then
+            pub_extra="--resume-grace 0 $pub_extra" priv_extra="--resume-grace 0 $priv_extra"
+        fi
         # Trust on first use as a user would, but never in the user's own known-hosts file.
         ./proxy_private --help 2>&1 | grep -q -- '--known-hosts' &&
             priv_extra="--known-hosts $TMP/known_hosts-$mode $priv_extra"
@@ -380,10 +500,17 @@ run_tunnel() {
     ./proxy_public --help 2>&1 | grep -q -- '--bind' && pub_extra="--bind 127.0.0.1 $pub_extra"
     state="$TMP/state-$mode"
     mkdir -p "$state"
-    set -- $("$TB" freeport 4)
-    tport=$1 wport=$2 pub_iperf=$3 pub_echo=$4
+    set -- $("$TB" freeport 6)
+    tport=$1 wport=$2 pub_iperf=$3 pub_echo=$4 pub_uecho=$5 pub_usink=$6
+    udp_regs=""
+    if [ "$mode" != tls_prev ] && [ $HAS_UDP = 1 ]; then
+        # iperf3 -u talks TCP (control) and UDP on one port: both apps on pub_iperf.
+        udp_regs="--register bench-iperf-udp:$pub_iperf:127.0.0.1:$IPERF_PORT/udp
+            --register bench-udp-echo:$pub_uecho:127.0.0.1:$UECHO_PORT/udp
+            --register bench-udp-sink:$pub_usink:127.0.0.1:$USINK_PORT/udp"
+    fi
     # shellcheck disable=SC2086
-    spawn "$mode-proxy_public" ./proxy_public "$tport" "$wport" --token "$TOKEN" --state-dir "$state" $pub_extra
+    spawn "$mode-proxy_public" "$bin/proxy_public" "$tport" "$wport" --token "$TOKEN" --state-dir "$state" $pub_extra
     pub_pid=$SPAWNED
     if ! "$TB" waitport 127.0.0.1 "$tport" 10; then
         note "$mode: proxy_public did not listen on $tport"
@@ -393,9 +520,9 @@ run_tunnel() {
         return 1
     fi
     # shellcheck disable=SC2086
-    spawn "$mode-proxy_private" ./proxy_private 127.0.0.1 "$tport" --token "$TOKEN" --name bench \
+    spawn "$mode-proxy_private" "$bin/proxy_private" 127.0.0.1 "$tport" --token "$TOKEN" --name bench \
         --register "bench-iperf:$pub_iperf:127.0.0.1:$IPERF_PORT" \
-        --register "bench-echo:$pub_echo:127.0.0.1:$ECHO_PORT" $priv_extra
+        --register "bench-echo:$pub_echo:127.0.0.1:$ECHO_PORT" $udp_regs $priv_extra
     priv_pid=$SPAWNED
     # Bounded wait until /list shows both apps online.
     i=0 ok=0
@@ -416,12 +543,14 @@ run_tunnel() {
         return 1
     fi
     path_add "$mode" "$pub_iperf" "$pub_echo" "$pub_pid" "$priv_pid"
+    [ -n "$udp_regs" ] && udp_add "$mode" "$pub_uecho" "$pub_usink"
+    eval "WPORT_$mode=\$wport"
 }
 
 # ------------------------------------------------------------------ run
 for p in $PATHS; do
     case $p in
-    direct) path_add direct "$IPERF_PORT" "$ECHO_PORT" "" "" ;;
+    direct) path_add direct "$IPERF_PORT" "$ECHO_PORT" "" ""; udp_add direct "$UECHO_PORT" "$USINK_PORT" ;;
     ssh) run_ssh || put ssh.status "failed to start" ;;
     plain)
         if [ $TUNNEL_OK = 1 ]; then run_tunnel plain || put plain.status "failed to start"
@@ -430,6 +559,13 @@ for p in $PATHS; do
         if [ $TUNNEL_OK = 0 ]; then put tls.status "not built"
         elif [ $HAS_TLS = 0 ]; then put tls.status "no TLS mode yet"
         else run_tunnel tls || put tls.status "failed to start"; fi ;;
+    tls_noresume)
+        if [ $TUNNEL_OK = 1 ] && [ $HAS_TLS = 1 ]; then run_tunnel tls_noresume || put tls_noresume.status "failed to start"
+        else put tls_noresume.status "not built"; fi ;;
+    tls_prev)
+        if [ -x "$PREV_BIN/proxy_public" ] && [ -x "$PREV_BIN/proxy_private" ]; then
+            run_tunnel tls_prev || put tls_prev.status "failed to start"
+        else put tls_prev.status "no build in BENCH_PREV_BIN"; fi ;;
     *) log "unknown path $p" ;;
     esac
 done
@@ -441,6 +577,23 @@ for p in $ACTIVE; do
     [ -n "$pub" ] && eval "CPU0_PUB_$p=\$(cpu_of \$pub)"
     [ -n "$priv" ] && eval "CPU0_PRIV_$p=\$(cpu_of \$priv)"
 done
+# The UDP paths up, and the offered load for iperf3 -u: the highest rate the
+# direct path carries without loss here (unless BENCH_UDP_RATE says).
+UDP_ACTIVE=""
+for p in $ACTIVE; do
+    udp_get "$p"
+    case " $UDP_PATHS " in *" $p "*) [ -n "$ueport" ] && UDP_ACTIVE="$UDP_ACTIVE $p" ;; esac
+done
+if [ -z "$UDP_RATE" ] && [ -n "$UDP_ACTIVE" ]; then
+    for rate in 400M 200M 100M 50M; do
+        UDP_RATE=$rate
+        set -- $(udp_rate direct "$rate")
+        [ $# = 2 ] && [ "$2" = 0.000 ] && break
+        log "direct loses $2 % at $rate"
+    done
+    log "UDP offered load: $UDP_RATE"
+fi
+put udp.rate "$UDP_RATE"
 r=1
 while [ $r -le "$ROUNDS" ]; do
     log "round $r of $ROUNDS"
@@ -449,7 +602,19 @@ while [ $r -le "$ROUNDS" ]; do
     done
     for p in $ACTIVE; do pingpong "$p"; done
     for p in $ACTIVE; do connrate "$p"; done
+    for p in $UDP_ACTIVE; do udp_pingpong "$p"; done
+    for p in $UDP_ACTIVE; do udp_bulk "$p"; done
+    for p in $UDP_ACTIVE; do bulk_flood "$p" nice; done
+    for p in $UDP_ACTIVE; do bulk_flood "$p" same; done
     r=$((r + 1))
+done
+# What the tunnels dropped of the floods (their /list), for the notes.
+for p in $UDP_ACTIVE; do
+    eval "w=\${WPORT_$p:-}"
+    [ -n "$w" ] || continue
+    d=$(curl -s -m 2 -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$w/list" | tr -d ' \n' |
+        sed -n 's/.*"name":"bench-udp-sink"[^}]*"datagrams_in":\([0-9]*\)[^}]*"drops":{\([^}]*\)}.*/in=\1 \2/p')
+    [ -n "$d" ] && put "$p.flood_drops" "$d"
 done
 # The median of the rounds goes in the table; every round is listed too.
 for f in "$TMP"/v.*; do
@@ -472,7 +637,22 @@ for p in $ACTIVE; do
         put "$p.cpu_priv" "$(echo "$c0 $(cpu_of $priv) $bytes" | awk '{ printf "%.3f", ($2 - $1) / ($3 / 1073741824) }')"
     fi
 done
-for p in $ACTIVE; do hold "$p"; done
+# Outages: a reset of the tunnel's connection, and a silent cut, while a
+# connection is open: the time until it carries a byte again.
+if [ $TUNNEL_OK = 1 ] && [ $HAS_TLS = 1 ] && ./proxy_public --help 2>&1 | grep -q -- '--resume-grace'; then
+    out=$(timeout 200 /usr/bin/env python3 bench/resume_probe.py . "$ECHO_PORT" "$RESUME_RESETS" 17 \
+        2>"$LOGDIR/resume-probe.log")
+    case "$out" in
+    *ok=1*)
+        for kv in $out; do put "resume.${kv%%=*}" "${kv#*=}"; done
+        log "resume: $out" ;;
+    *) note "resume probe failed: $out $(tail -n 1 "$LOGDIR/resume-probe.log")" ;;
+    esac
+fi
+
+for p in $ACTIVE; do
+    case " $HOLD_PATHS " in *" $p "*) hold "$p" ;; esac
+done
 
 # A relay that died during the run is worth knowing about.
 for p in $ACTIVE; do
@@ -498,6 +678,7 @@ awk -v date="$(date -u '+%Y-%m-%d %H:%M:%S UTC')" -v nproc="$(nproc)" \
     -v cmd="make bench (sh bench/run.sh; median of $ROUNDS interleaved rounds of: iperf3 ${BULK_SECONDS} s each way, ${PP_ROUNDS} ping-pongs, connrate ${CR_SECONDS} s x ${CR_PARALLEL}; then hold ${HOLD_N})" \
     -v host="$(uname -srm)" -v load0="$LOAD0" -v load="$(cut -d" " -f1-3 /proc/loadavg)" -v elapsed=$(($(date +%s) - START_TIME)) \
     -v hold_n="$HOLD_N" -v plain_label="$plain_label" -v notes_file="$TMP/notes" \
+    -v flood_size_note="$FLOOD_SIZE B datagrams from one socket, flat out" \
     -f bench/report.awk "$TMP/results" >"$TMP/latest.md"
 cat "$TMP/latest.md"
 cp "$TMP/latest.md" "$RESULTS_DIR/latest.md"

@@ -22,6 +22,16 @@
  *                                        until stdin closes or SIGINT/SIGTERM,
  *                                        then echo-checks them again and prints
  *                                        "alive=A dropped=D"
+ *   tcpbench udp-echo PORT [sink]        UDP: answer each datagram with itself
+ *                                        (sink: answer nothing); prints "port=N"
+ *   tcpbench udp-pingpong HOST PORT N [SIZE]
+ *                                        N UDP round trips of SIZE (64) bytes, a
+ *                                        lost one sent again after 200 ms;
+ *                                        prints "P50 P99 LOST" (µs)
+ *   tcpbench udp-flood HOST PORT SECONDS [SIZE [MBITPS]]
+ *                                        datagrams of SIZE (1400) bytes as fast as
+ *                                        one socket sends them, or at MBITPS;
+ *                                        prints "SENT"
  *   tcpbench freeport [COUNT]            prints COUNT distinct free loopback ports
  *   tcpbench waitport HOST PORT SECONDS  exits 0 once HOST:PORT accepts
  *   tcpbench pstat PID...                prints "CPU_SECONDS RSS_KIB" summed over
@@ -324,6 +334,16 @@ static int tb_read_exact(int fd, char *p, size_t len)
     return 0;
 }
 
+/* Sorts rtt and prints its p50 and p99, then tail. */
+static void tb_print_percentiles(double *rtt, long count, const char *tail)
+{
+    qsort(rtt, (size_t)count, sizeof(double), tb_cmp_double);
+    long i50 = (count * 50) / 100, i99 = (count * 99) / 100;
+    if (i99 >= count)
+        i99 = count - 1;
+    printf("%.1f %.1f%s", rtt[i50], rtt[i99], tail);
+}
+
 static int tb_pingpong(const char *host, long port, long count, long size)
 {
     struct sockaddr_in sa = tb_addr(host, port);
@@ -357,15 +377,136 @@ static int tb_pingpong(const char *host, long port, long count, long size)
         if (i >= 0)
             rtt[i] = (t1 - t0) * 1e6;
     }
-    qsort(rtt, (size_t)count, sizeof(double), tb_cmp_double);
-    long i50 = (count * 50) / 100, i99 = (count * 99) / 100;
-    if (i99 >= count)
-        i99 = count - 1;
-    printf("%.1f %.1f\n", rtt[i50], rtt[i99]);
+    tb_print_percentiles(rtt, count, "\n");
     close(fd);
     free(out);
     free(in);
     free(rtt);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ UDP */
+
+static int tb_udp_socket(void)
+{
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), big = 4 << 20;
+    if (fd < 0)
+        tb_die("socket");
+    (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
+    (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
+    return fd;
+}
+
+static int tb_udp_echo(long port, int sink)
+{
+    struct sockaddr_in sa = tb_addr("127.0.0.1", port);
+    int fd = tb_udp_socket();
+    static char buf[65536];
+    socklen_t sl = sizeof sa;
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
+        tb_die("bind");
+    if (getsockname(fd, (struct sockaddr *)&sa, &sl) < 0)
+        tb_die("getsockname");
+    printf("port=%d\n", ntohs(sa.sin_port));
+    fflush(stdout);
+    while (!tb_stop) {
+        struct sockaddr_in peer;
+        socklen_t pl = sizeof peer;
+        ssize_t n = recvfrom(fd, buf, sizeof buf, 0, (struct sockaddr *)&peer, &pl);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            tb_die("recvfrom");
+        }
+        if (!sink)
+            (void)sendto(fd, buf, (size_t)n, 0, (struct sockaddr *)&peer, pl);
+    }
+    return 0;
+}
+
+static int tb_udp_pingpong(const char *host, long port, long count, long size)
+{
+    struct sockaddr_in sa = tb_addr(host, port);
+    int fd = tb_udp_socket();
+    char *out = malloc((size_t)size), *in = malloc((size_t)size + 1);
+    double *rtt = malloc(sizeof(double) * (size_t)count);
+    long lost = 0, warm = count / 10 < 200 ? count / 10 : 200;
+    if (out == NULL || in == NULL || rtt == NULL)
+        tb_die("malloc");
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
+        tb_die("connect");
+    for (long i = -warm; i < count; i++) {
+        int tries = 0;
+        double t0;
+        /* The round number in front tells a late answer from this one's. */
+        memset(out, 'u', (size_t)size);
+        memcpy(out, &i, size >= (long)sizeof i ? sizeof i : (size_t)size);
+        for (;;) {
+            struct pollfd pfd = {.fd = fd, .events = POLLIN};
+            t0 = tb_now();
+            if (send(fd, out, (size_t)size, 0) != size) {
+                fprintf(stderr, "tcpbench: udp-pingpong send: %s\n", strerror(errno));
+                return 1;
+            }
+            int got = 0;
+            while (poll(&pfd, 1, 200) > 0) {
+                ssize_t n = recv(fd, in, (size_t)size + 1, 0);
+                if (n == size && memcmp(in, out, (size_t)size) == 0) {
+                    got = 1;
+                    break;
+                }
+            }
+            if (got)
+                break;
+            if (i >= 0)
+                lost++;
+            if (++tries == 50 || tb_stop) {
+                fprintf(stderr, "tcpbench: udp-pingpong: no answer to round %ld\n", i);
+                return 1;
+            }
+        }
+        if (i >= 0)
+            rtt[i] = (tb_now() - t0) * 1e6;
+    }
+    char tail[32];
+    snprintf(tail, sizeof tail, " %ld\n", lost);
+    tb_print_percentiles(rtt, count, tail);
+    close(fd);
+    free(out);
+    free(in);
+    free(rtt);
+    return 0;
+}
+
+static int tb_udp_flood(const char *host, long port, long seconds, long size, long mbitps)
+{
+    struct sockaddr_in sa = tb_addr(host, port);
+    int fd = tb_udp_socket();
+    char *buf = calloc(1, (size_t)size);
+    double start = tb_now(), end = start + (double)seconds;
+    /* Datagrams per second at the rate asked for (0: flat out). */
+    double pps = mbitps > 0 ? (double)mbitps * 1e6 / 8 / (double)size : 0;
+    long sent = 0;
+    if (buf == NULL)
+        tb_die("malloc");
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
+        tb_die("connect");
+    while (!tb_stop) {
+        double now = tb_now();
+        if (now >= end)
+            break;
+        if (pps > 0 && (double)sent >= (now - start) * pps) {
+            struct timespec ts = {.tv_nsec = 100 * 1000};
+            nanosleep(&ts, NULL);
+            continue;
+        }
+        for (int i = 0; i < 16; i++)
+            if (send(fd, buf, (size_t)size, 0) == size)
+                sent++;
+    }
+    printf("%ld\n", sent);
+    close(fd);
+    free(buf);
     return 0;
 }
 
@@ -851,6 +992,9 @@ static void tb_usage(void)
             "       tcpbench pingpong HOST PORT N [SIZE]\n"
             "       tcpbench connrate HOST PORT SECONDS PARALLEL\n"
             "       tcpbench hold HOST PORT N [INFLIGHT [SECONDS]]\n"
+            "       tcpbench udp-echo PORT [sink]\n"
+            "       tcpbench udp-pingpong HOST PORT N [SIZE]\n"
+            "       tcpbench udp-flood HOST PORT SECONDS [SIZE [MBITPS]]\n"
             "       tcpbench freeport [COUNT]\n"
             "       tcpbench waitport HOST PORT SECONDS\n"
             "       tcpbench pstat PID...\n"
@@ -883,6 +1027,18 @@ int main(int argc, char **argv)
         return tb_hold(argv[2], tb_num(argv[3], 1, 65535, "port"), tb_num(argv[4], 1, 1000000, "count"),
                        argc >= 6 ? tb_num(argv[5], 1, 100000, "inflight") : 128,
                        argc >= 7 ? tb_num(argv[6], 1, 3600, "seconds") : 150);
+    if (strcmp(mode, "udp-echo") == 0 && (argc == 3 || argc == 4))
+        return tb_udp_echo(tb_num(argv[2], 0, 65535, "port"),
+                           argc == 4 && strcmp(argv[3], "sink") == 0);
+    if (strcmp(mode, "udp-pingpong") == 0 && (argc == 5 || argc == 6))
+        return tb_udp_pingpong(argv[2], tb_num(argv[3], 1, 65535, "port"),
+                               tb_num(argv[4], 1, 10000000, "count"),
+                               argc == 6 ? tb_num(argv[5], 1, 65507, "size") : 64);
+    if (strcmp(mode, "udp-flood") == 0 && argc >= 5 && argc <= 7)
+        return tb_udp_flood(argv[2], tb_num(argv[3], 1, 65535, "port"),
+                            tb_num(argv[4], 1, 3600, "seconds"),
+                            argc >= 6 ? tb_num(argv[5], 1, 65507, "size") : 1400,
+                            argc == 7 ? tb_num(argv[6], 0, 100000, "mbitps") : 0);
     if (strcmp(mode, "freeport") == 0 && argc <= 3)
         return tb_freeport(argc == 3 ? tb_num(argv[2], 1, 64, "count") : 1);
     if (strcmp(mode, "waitport") == 0 && argc == 5)

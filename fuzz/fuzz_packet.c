@@ -14,12 +14,15 @@
  * instrument. An accepted frame is re-encoded with pkt_encode() and
  * must parse back to an equal header. Any broken promise aborts. */
 
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "guard.h"
+#include "netio.h"
 #include "packet.h"
+#include "proxy_proto.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -60,10 +63,29 @@ static struct answer parse(const uint8_t *buf, size_t n, size_t maxh, json_t **h
         if (p.op == OP_DATA) {
             FUZZ_ASSERT(p.len >= 1 && p.len <= PKT_MAX_DATA);
             FUZZ_ASSERT(p.payload == c + flen - p.len);
+        } else if (p.op == OP_UDP_DATA) {
+            FUZZ_ASSERT(p.len <= PKT_MAX_DGRAM);
+            FUZZ_ASSERT(p.payload == c + flen - p.len);
         } else {
             FUZZ_ASSERT(p.payload == NULL);
         }
-        if (p.op >= OP_BUILD_CONNECTION)
+        if (p.op == OP_BUILD_CONNECTION && json_object_get(p.json, "client")) {
+            /* Version 6: what packet.c let through makes a PROXY header of
+             * either version, within its bound (as proxy_private does). */
+            struct sockaddr_storage cl, sv;
+            unsigned char hdr[PROXY_PROTO_MAX];
+            FUZZ_ASSERT(net_parse_addrport(json_string_value(json_object_get(p.json, "client")),
+                                           &cl) == 0);
+            FUZZ_ASSERT(net_parse_addrport(json_string_value(json_object_get(p.json, "server")),
+                                           &sv) == 0);
+            for (int v = 1; v <= 2; v++) {
+                int hn = proxy_proto_header(v, &cl, &sv, hdr, sizeof(hdr));
+                FUZZ_ASSERT(hn > 0 && hn <= PROXY_PROTO_MAX);
+                FUZZ_ASSERT(v == 2 || hn <= PROXY_PROTO_V1_MAX);
+            }
+        }
+        if ((p.op >= OP_BUILD_CONNECTION && p.op <= OP_CLOSE) ||
+            (p.op >= OP_UDP_DATA && p.op <= OP_FTP_TLS))
             FUZZ_ASSERT(p.conn >= 1 && p.conn <= PKT_CONN_ID_MAX);
         else
             FUZZ_ASSERT(p.conn == 0);
@@ -82,6 +104,11 @@ static struct answer parse(const uint8_t *buf, size_t n, size_t maxh, json_t **h
     return a;
 }
 
+static int has_payload(int op)
+{
+    return op == OP_DATA || op == OP_UDP_DATA;
+}
+
 /* An accepted header re-encodes (when it fits) to a frame that parses equal. */
 static void check_reencode(json_t *hdr, const struct answer *a)
 {
@@ -96,8 +123,8 @@ static void check_reencode(json_t *hdr, const struct answer *a)
     n = pkt_encode(hdr, buf, cap);
     if (n > 0) {
         FUZZ_ASSERT((size_t)n <= PKT_FRAME_PREFIX + PKT_MAX_HEADER);
-        memset(buf + n, 0x5a, a->op == OP_DATA ? a->len : 0);
-        b = parse(buf, (size_t)n + (a->op == OP_DATA ? a->len : 0), PKT_MAX_HEADER, &back);
+        memset(buf + n, 0x5a, has_payload(a->op) ? a->len : 0);
+        b = parse(buf, (size_t)n + (has_payload(a->op) ? a->len : 0), PKT_MAX_HEADER, &back);
         FUZZ_ASSERT(b.rc == 1 && b.op == a->op && b.conn == a->conn && b.len == a->len);
         FUZZ_ASSERT(json_equal(hdr, back));
         json_decref(back);
@@ -113,14 +140,39 @@ static uint32_t prng(uint32_t *s)
     return *s;
 }
 
+struct input {
+    const uint8_t *data;
+    size_t size;
+};
+
+static void *run_input(void *arg);
+
+/* Each input runs on a thread with the stack of the public side's tunnel
+ * reader (THREAD_STACK_SIZE_TLS; the same as in a sanitizer build of the
+ * program), so that a parser that recursed too deep would overflow here too. */
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    struct answer post, pre, walk[MAX_WALK];
-    size_t nwalk = 0, off = 0;
-    json_t *hdr = NULL;
+    struct input in = {data, size};
+    pthread_attr_t attr;
+    pthread_t tid;
 
     if (size > FUZZ_GUARD_CAP - PKT_MAX_FRAME)
         return 0;
+    FUZZ_ASSERT(pthread_attr_init(&attr) == 0);
+    FUZZ_ASSERT(pthread_attr_setstacksize(&attr, THREAD_STACK_SIZE_TLS) == 0);
+    FUZZ_ASSERT(pthread_create(&tid, &attr, run_input, &in) == 0);
+    FUZZ_ASSERT(pthread_join(tid, NULL) == 0);
+    pthread_attr_destroy(&attr);
+    return 0;
+}
+
+static void *run_input(void *arg)
+{
+    const uint8_t *data = ((struct input *)arg)->data;
+    size_t size = ((struct input *)arg)->size;
+    struct answer post, pre, walk[MAX_WALK];
+    size_t nwalk = 0, off = 0;
+    json_t *hdr = NULL;
 
     /* 1. One frame, both limits, and prefixes. */
     post = parse(data, size, PKT_MAX_HEADER, &hdr);
@@ -184,5 +236,5 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 have = size;
         }
     }
-    return 0;
+    return NULL;
 }

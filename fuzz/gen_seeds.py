@@ -6,9 +6,7 @@
 Seeds are small: valid frames of every op (docs/PROTOCOL.md examples), several
 frames in one stream, and malformed ones that reach each check of packet.c; for
 the API body, valid and invalid register bodies and an apps.json-like file; for
-the TLS records, scripts (see fuzz/fuzz_tls_records.c) that seal data with each
-cipher suite, KeyUpdate, alerts, handshake messages, padding, raw, flipped and
-cut records.
+the web front's head parser, accepted heads and one of each refusal.
 """
 import json
 import os
@@ -49,6 +47,63 @@ VALID = {
     "shutdown": frame({"op": 9, "conn": 1}),
     "close": frame({"op": 10, "conn": 1, "reason": "done"}),
     "close_noreason": frame({"op": 10, "conn": 2}),
+    "hello_v2_resume": frame({"op": 1, "version": 1, "max_version": 2, "token": "t", "name": "h",
+                              "window": 65536, "resume_grace": 60,
+                              "resume": {"session": "0" * 32, "token": "a" * 64}}),
+    "welcome_v2": frame({"op": 2, "version": 2, "window": 65536, "heartbeat": 5,
+                         "session": "0123456789abcdef" * 2, "resume_token": "f" * 64,
+                         "resume_grace": 60, "resumed": True}),
+    "ack_total": frame({"op": 8, "conn": 1, "bytes": 21, "total": 4096}),
+    "resume": frame({"op": 11, "conns": [[1, 4096, 4000, 3], [2, 0, 0, 0]], "last": True}),
+    "resume_empty": frame({"op": 11, "conns": [], "last": False}),
+    "udp_open": frame({"op": 12, "session": 1, "len": 5,
+                       "open": {"app": "dns", "target_host": "127.0.0.1", "target_port": 53,
+                                "idle": 120}}, b"hello"),
+    "udp_data": frame({"op": 12, "session": 7, "len": 3}, b"abc"),
+    "udp_empty": frame({"op": 12, "session": 7, "len": 0}),
+    "udp_drops": frame({"op": 12, "session": 7, "len": 1,
+                        "drops": {"queue_full": 3, "oversize": 1, "tunnel_down": 2}}, b"x"),
+    "udp_close": frame({"op": 13, "session": 7, "reason": "idle"}),
+    "apps": frame({"op": 18, "unregister": ["old"],
+                   "register": [{"name": "w", "public_port": 80, "target_host": "127.0.0.1",
+                                 "target_port": 8080, "protocol": "tcp"}]}),
+    "apps_result": frame({"op": 19, "apps": [{"name": "w", "ok": False, "error": "port taken"}]}),
+    "hello_udp": frame({"op": 1, "version": 1, "max_version": 3, "token": "t", "name": "h",
+                        "window": 65536, "udp_apps": [{"name": "dns", "public_port": 5353,
+                                                       "target_host": "127.0.0.1",
+                                                       "target_port": 53, "protocol": "udp",
+                                                       "udp_idle_timeout": 30}]}),
+    "hello_ftp": frame({"op": 1, "version": 1, "max_version": 5, "token": "t", "name": "h",
+                        "window": 65536, "ftp_apps": [{"name": "nas", "public_port": 2121,
+                                                       "target_host": "192.0.2.5",
+                                                       "target_port": 21, "protocol": "ftp",
+                                                       "ftp_passive_ports": "40000-40099"}]}),
+    "build_ftp_control": frame({"op": 5, "conn": 3, "app": "nas", "target_host": "192.0.2.5",
+                                "target_port": 21, "ftp": "control"}),
+    "build_ftp_data": frame({"op": 5, "conn": 4, "app": "nas", "target_host": "192.0.2.5",
+                             "target_port": 40001, "ftp": "data", "ftp_ctl": 3, "ftp_req": 1}),
+    "ftp_open_passive": frame({"op": 14, "conn": 3, "req": 1, "mode": "passive", "port": 40001}),
+    "ftp_open_active": frame({"op": 14, "conn": 3, "req": 2, "mode": "active", "port": 40002,
+                              "host": "2001:db8::7"}),
+    "ftp_opened": frame({"op": 15, "conn": 3, "req": 1, "ok": True, "host": "203.0.113.10",
+                         "port": 30001}),
+    "ftp_refused": frame({"op": 15, "conn": 3, "req": 2, "ok": False, "code": 500,
+                          "reason": "the address must be your own"}),
+    "ftp_connect": frame({"op": 16, "conn": 3, "req": 2, "host": "203.0.113.7", "port": 40002}),
+    "ftp_tls": frame({"op": 17, "conn": 3}),
+    # Version 6: client addresses, PROXY protocol, source allowlists.
+    "build_v6_pp": frame({"op": 5, "conn": 5, "app": "web", "target_host": "127.0.0.1",
+                          "target_port": 8443, "client": "[2001:db8::1]:56324",
+                          "server": "192.0.2.1:443", "proxy_protocol": 2}),
+    "build_v6_plain": frame({"op": 5, "conn": 6, "app": "web", "target_host": "::1",
+                             "target_port": 80, "client": "192.0.2.7:5000",
+                             "server": "[2001:db8::2]:8080"}),
+    "hello_v6_apps": frame({"op": 1, "version": 1, "max_version": 6, "token": "t", "name": "h",
+                            "window": 65536, "apps": [{"name": "web", "public_port": 443,
+                                                       "target_host": "127.0.0.1",
+                                                       "target_port": 8443, "proxy_protocol": 1,
+                                                       "allow_from": ["192.0.2.0/24",
+                                                                      "2001:db8::/32"]}]}),
 }
 MALFORMED = {
     "len0": raw(0),
@@ -58,7 +113,13 @@ MALFORMED = {
     "dup": frame('{"op":4,"op":4}'),
     "trailing": frame('{"op":4}x'),
     "array": frame('[{"op":4}]'),
-    "unknown_op": frame({"op": 11}),
+    "unknown_op": frame({"op": 14}),
+    "udp_too_big": frame({"op": 12, "session": 1, "len": 65536}),
+    "udp_short": frame({"op": 12, "session": 1, "len": 100}, b"short"),
+    "udp_open_bad": frame({"op": 12, "session": 1, "len": 0, "open": {"app": "x"}}),
+    "udp_drops_bad": frame({"op": 13, "session": 1, "drops": {"lost": 1}}),
+    "resume_bad_entry": frame({"op": 11, "conns": [[1, 2, 3]], "last": True}),
+    "resume_no_last": frame({"op": 11, "conns": []}),
     "op_string": frame({"op": "4"}),
     "data_len0": frame({"op": 7, "conn": 1, "len": 0}),
     "data_len_big": frame({"op": 7, "conn": 1, "len": 262145}),
@@ -90,6 +151,9 @@ BODY_VALID = {
                            {"name": "x", "public_port": 3, "target_host": "x", "target_port": 4,
                             "private": "p"}]},
     "unregister": {"name": "ssh"},
+    "register_allow_pp": {"name": "web", "public_port": 443, "target_host": "127.0.0.1",
+                          "target_port": 8443, "proxy_protocol": 2,
+                          "allow_from": ["192.0.2.0/24", "2001:db8::/32", "127.0.0.2"]},
 }
 BODY_INVALID = {
     "empty": b"",
@@ -103,95 +167,65 @@ BODY_INVALID = {
     "private_bad": b'{"name":"a","public_port":1,"target_host":"h","target_port":1,"private":7}',
     "nul": b'{"name":"a\\u0000b","public_port":1,"target_host":"h","target_port":1}',
     "truncated": b'{"name":"a","public_port":1,"target_h',
+    # Nesting: WEB_MAX_JSON_DEPTH (32) levels pass the bound, 33 do not; brackets
+    # inside strings (escaped quotes included) do not count.
+    "deep_at_limit": b'{"name":' + b"[" * 31 + b"]" * 31 + b"}",
+    "deep_over": b'{"name":' + b"[" * 32 + b"]" * 32 + b"}",
+    "deep_in_string": b'{"name":"\\\"' + b"[" * 3000 + b'","public_port":1}',
+    "deep_objects": b'{"a":' * 40 + b"1" + b"}" * 40,
+    "allow_host_bits": b'{"name":"a","public_port":1,"target_host":"h","target_port":1,'
+                       b'"allow_from":["192.0.2.1/24"]}',
+    "allow_65": ('{"name":"a","public_port":1,"target_host":"h","target_port":1,"allow_from":[%s]}'
+                 % ",".join('"10.0.%d.0/24"' % i for i in range(65))).encode(),
+    "pp_udp": b'{"name":"a","public_port":1,"target_host":"h","target_port":1,'
+              b'"protocol":"udp","proxy_protocol":1}',
 }
 
-# fuzz_tls_records: scripts (see fuzz/fuzz_tls_records.c). Header: mode byte
-# (suite 0..2, +4 socketpair/recv, +8 lazy), caller buffer size - 1 (16 bits).
-def tls(mode, buflen, *ops):
-    return bytes([mode]) + struct.pack(">H", buflen - 1) + b"".join(ops)
-
-
-def t_seal(n, split=0x00):
-    return bytes([0]) + struct.pack(">HB", n, split)
-
-
-def t_raw(data):
-    return bytes([1]) + struct.pack(">H", len(data)) + data
-
-
-def t_flip(n, pos, bit):
-    return bytes([2]) + struct.pack(">HHB", n, pos, bit)
-
-
-def t_trunc(n, cut):
-    return bytes([3]) + struct.pack(">HH", n, cut)
-
-
-def t_rekey(side, every):
-    return bytes([4, side | (every - 1) << 1])
-
-
-def t_type(typ, msg, zeros=0, count=1):
-    return (bytes([5, typ]) + struct.pack(">HH", count - 1, len(msg)) + msg +
-            struct.pack(">H", zeros))
-
-
-def t_buflen(n):
-    return bytes([6]) + struct.pack(">H", n - 1)
-
-
-def t_reverse(n):
-    return bytes([7]) + struct.pack(">H", n)
-
-
-def t_piece(n):
-    return bytes([8]) + struct.pack(">H", n)
-
-
-KEY_UPDATE = b"\x18\x00\x00\x01"
-TICKET = b"\x04\x00\x00\x08" + b"\x00\x00\x0e\x10" + b"\x01\x02\x03\x04"
-TLS_SEEDS = {
-    "aes128_small": tls(0, 65536, t_seal(100), t_seal(0), t_seal(1, 0x37)),
-    "aes256_multi": tls(1, 65536, t_seal(40000, 0x8f), t_seal(16384)),
-    "chacha_bigbuf": tls(2, 20000, t_seal(16384), t_seal(16385, 0xf1)),
-    "buf1": tls(0, 1, t_seal(300), t_seal(17000)),
-    "buf_just_under": tls(1, 16383, t_seal(16384), t_buflen(16384), t_seal(16384)),
-    "recv_mode": tls(4, 4096, t_seal(50000, 0x44), t_seal(10)),
-    "recv_lazy_pieces": tls(4 | 8 | 2, 100, t_piece(7), t_seal(3000), t_piece(0), t_seal(20000)),
-    "recv_lazy_fill": tls(4 | 8, 100, t_piece(1000), *[t_seal(60000, 0x21)] * 9),
-    "lazy_pieces": tls(8, 10, t_piece(1), t_seal(200), t_piece(4096), t_seal(33000)),
-    "rekey_tx": tls(0, 65536, t_rekey(0, 1), t_seal(60000), t_seal(5), t_seal(5)),
-    "rekey_both_reverse": tls(2, 5000, t_rekey(0, 2), t_rekey(1, 1), t_seal(40000),
-                              t_reverse(40000), t_seal(100), t_reverse(1), t_seal(1)),
-    "close_notify": tls(0, 65536, t_seal(10), t_type(21, b"\x01\x00"), t_seal(10)),
-    "alert_fatal": tls(1, 64, t_seal(1000), t_type(21, b"\x02\x28"), t_seal(10)),
-    "alert_long": tls(0, 64, t_type(21, b"\x02\x28\x00")),
-    "ticket": tls(0, 65536, t_type(22, TICKET), t_seal(10)),
-    "key_update_hooked": tls(2, 65536, t_seal(5), t_type(22, KEY_UPDATE + b"\x01"), t_seal(5)),
-    "key_update_then_ticket": tls(0, 65536, t_type(22, KEY_UPDATE + b"\x00" + TICKET)),
-    "key_update_bad": tls(0, 65536, t_type(22, KEY_UPDATE + b"\x02")),
-    "handshake_other": tls(0, 65536, t_type(22, b"\x0d\x00\x00\x00")),
-    "handshake_short": tls(0, 65536, t_type(22, b"\x04\x00\x00\x09\x00")),
-    "padded_data": tls(1, 3, t_type(0, b"hello\x17", 300), t_seal(20)),
-    "empty_padded_buf1": tls(0, 1, t_type(0, b"\x17", 1), t_type(0, b"\x17", 30), t_seal(3)),
-    "empty_padded_many": tls(0, 1, t_type(0, b"\x17", 1, 4096), t_seal(3)),
-    "ticket_many": tls(2, 100, t_type(22, TICKET, 0, 3000), t_seal(300)),
-    "all_padding": tls(0, 65536, t_type(0, b"", 100)),
-    "content_too_big": tls(2, 65536, t_type(23, b"x", 16384)),
-    "content_max_padded": tls(0, 65536, t_type(0, b"\x17", 16384 + 200)),
-    "unknown_type": tls(0, 65536, t_type(20, b"\x01")),
-    "raw_bad_header": tls(0, 65536, t_seal(10), t_raw(b"\x16\x03\x03\x00\x20" + b"\x00" * 32)),
-    "raw_huge_length": tls(0, 65536, t_raw(b"\x17\x03\x03\xff\xff")),
-    "raw_short_length": tls(0, 65536, t_raw(b"\x17\x03\x03\x00\x10" + b"\x00" * 16)),
-    "raw_truncated_header": tls(0, 65536, t_raw(b"\x17\x03"), t_seal(10)),
-    "raw_forged": tls(0, 65536, t_raw(b"\x17\x03\x03\x00\x20" + bytes(range(32)))),
-    "flip_tag": tls(0, 65536, t_seal(100), t_flip(100, 121, 3), t_seal(10)),
-    "flip_header": tls(1, 65536, t_flip(100, 3, 0)),
-    "flip_second_record": tls(2, 512, t_seal(30000), t_flip(30000, 17000, 7), t_seal(10)),
-    "trunc_then_more": tls(0, 65536, t_trunc(5000, 2000), t_seal(10)),
-    "trunc_record_boundary": tls(1, 65536, t_trunc(20000, 16384 + 22), t_seal(10)),
+# fuzz_web_head: request heads as the web front reads them (web_head.c).
+HEAD_SEEDS = {
+    "get_list": b"GET /list HTTP/1.1\r\nHost: 127.0.0.1:6301\r\nAuthorization: Bearer 0123abcd\r\n"
+                b"Accept: */*\r\n\r\n",
+    "head_page": b"HEAD / HTTP/1.0\r\n\r\n",
+    "post_body": b"POST /register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 78\r\n\r\n"
+                 b'{"name":"ssh","public_port":2222,"target_host":"127.0.0.1","target_port":22}',
+    "post_expect": b"POST /unregister HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 14\r\n\r\n",
+    "post_no_length": b"POST /register HTTP/1.1\r\nHost: x\r\n\r\n",
+    "chunked": b"POST /register HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "te_and_cl": b"POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
+    "two_lengths": b"POST / HTTP/1.1\r\nContent-Length: 4\r\ncontent-length: 5\r\n\r\n",
+    "length_list": b"POST / HTTP/1.1\r\nContent-Length: 4, 4\r\n\r\n",
+    "length_huge": b"POST / HTTP/1.1\r\nContent-Length: 184467440737095516160\r\n\r\n",
+    "length_over": b"POST / HTTP/1.1\r\nContent-Length: 16385\r\n\r\n",
+    "bare_lf": b"GET / HTTP/1.1\nHost: x\n\n",
+    "bare_cr": b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n",
+    "folded": b"GET / HTTP/1.1\r\nX: a\r\n\tb\r\n\r\n",
+    "space_colon": b"GET / HTTP/1.1\r\nHost : x\r\n\r\n",
+    "two_hosts": b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    "http2_preface": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    "incomplete": b"GET /list HTTP/1.1\r\nAuthorization: Bearer ",
+    "many_fields": b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(65)) + b"\r\n",
+    "big_head": b"GET / HTTP/1.1\r\nX-Pad: " + b"a" * 8200 + b"\r\n\r\n",
 }
 
+# fuzz_ftp: the first byte picks the direction (even: server replies, odd:
+# client commands) and the read size; the rest is the control stream.
+FTP_SEEDS = {
+    "replies": b"\x0e220 Welcome\r\n230 Login successful.\r\n"
+               b"227 Entering Passive Mode (192,0,2,2,156,64).\r\n"
+               b"229 Entering Extended Passive Mode (|||40001|)\r\n150 ok\r\n226 done\r\n",
+    "multiline": b"\x04211-Features:\r\n EPSV\r\n 227 (1,2,3,4,5,6)\r\n211 End\r\n"
+                 b"227-Entering Passive Mode (192,0,2,2,4,2)\r\n227 OK\r\n",
+    "bad_replies": b"\x02227 Entering Passive Mode\r\n227 (1,2,3)\r\n229 (|||0|)\r\n"
+                   b"229 (||1|)\n229 (|||65536|)\r\n",
+    "commands": b"\x0bUSER anonymous\r\nPASS x\r\nport 203,0,113,7,156,65\r\n"
+                b"EPRT |1|203.0.113.7|40002|\r\neprt |2|2001:db8::7|40003|\nRETR f\r\n"
+                b"AUTH TLS\r\n",
+    "bad_commands": b"\x01PORT 1,2,3,4,5\r\nPORT 1,2,3,256,1,1\r\nEPRT |3|1.2.3.4|5|\r\n"
+                    b"EPRT |1|::1|5|\r\nPORT 1,2,3,4,0,0\r\n",
+    "long_reply": b"\x40227 " + b"a" * 2100 + b"\r\n227 (1,2,3,4,0,99)\r\n",
+    "auth": b"\x03AUTH TLS\r\n\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+}
 
 def write(dirname, items):
     d = os.path.join(HERE, "corpus", dirname)
@@ -215,7 +249,8 @@ def main():
     body.update(BODY_VALID)
     body.update(BODY_INVALID)
     write("fuzz_api_body", body)
-    write("fuzz_tls_records", TLS_SEEDS)
+    write("fuzz_web_head", HEAD_SEEDS)
+    write("fuzz_ftp", FTP_SEEDS)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ for h in "$@"; do
     [ -f "fuzz/$h.dict" ] && dict="-dict=fuzz/$h.dict"
     case "$h" in
     fuzz_api_body) maxlen=16385 ;;
+    fuzz_web_head) maxlen=24576 ;;
+    fuzz_config) maxlen=8192 ;;
     *) maxlen=70000 ;;
     esac
 

@@ -17,8 +17,10 @@ import atexit
 import ctypes
 import hashlib
 import http.client
+import errno
 import json
 import os
+import random
 import re
 import secrets
 import shlex
@@ -75,7 +77,18 @@ SAN_ENV = {
 
 # Operation codes, from op_enum.h.
 OP_HELLO, OP_WELCOME, OP_ERROR, OP_PING, OP_BUILD, OP_CONNECTED, OP_DATA, \
-    OP_ACK, OP_SHUTDOWN, OP_CLOSE = range(1, 11)
+    OP_ACK, OP_SHUTDOWN, OP_CLOSE, OP_RESUME, OP_UDP_DATA, OP_UDP_CLOSE, OP_FTP_OPEN, \
+    OP_FTP_OPENED, OP_FTP_CONNECT, OP_FTP_TLS = range(1, 18)
+OP_APPS, OP_APPS_RESULT = 18, 19
+
+
+def _proto_version():
+    with open(os.path.join(REPO, "packet.h")) as f:
+        return int(re.search(r"#define PKT_PROTO_VERSION (\d+)", f.read()).group(1))
+
+
+# The highest protocol version the programs speak (packet.h).
+PROTO_VERSION = _proto_version()
 
 
 def read_version():
@@ -236,12 +249,144 @@ class Proc:
 # Small network helpers.
 
 def free_port():
-    """A port that was free on 127.0.0.1 a moment ago."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A port that was free on 127.0.0.1 a moment ago, below the ephemeral
+    range: a port of that range, free a moment ago, may be taken meanwhile by
+    the source port of any connection on this busy machine (the other lane's
+    tests open thousands)."""
+    return free_port_range(1)[0]
+
+
+def echo_stream(sock, data, timeout):
+    """Send data on sock in 256 KiB writes and half-close, while reading what
+    comes back up to its end: returns (bytes read, their sha256 in hex).
+    Raises when either direction fails or takes longer than timeout."""
+    out, errors = {}, []
+
+    def send():
+        view = memoryview(data)
+        for off in range(0, len(data), 1 << 18):
+            sock.sendall(view[off:off + (1 << 18)])
+        sock.shutdown(socket.SHUT_WR)
+
+    def receive():
+        h = hashlib.sha256()
+        n = 0
+        while True:
+            chunk = sock.recv(1 << 18)
+            if not chunk:
+                break
+            h.update(chunk)
+            n += len(chunk)
+        out["n"], out["sha"] = n, h.hexdigest()
+
+    def wrap(fn):
+        try:
+            fn()
+        except BaseException as e:  # noqa: B902 - reported to the test
+            errors.append("%s: %r" % (fn.__name__, e))
+
+    threads = [threading.Thread(target=wrap, args=(f,), daemon=True) for f in (send, receive)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0, deadline - time.monotonic()))
+    if any(t.is_alive() for t in threads):
+        errors.append("the stream did not finish within %ss" % timeout)
+    if errors:
+        raise AssertionError("; ".join(errors))
+    return out["n"], out["sha"]
+
+
+def have_ipv6_loopback():
+    """Whether ::1 can be bound here (tests over IPv6 skip without it)."""
+    try:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        s.bind(("::1", 0))
+        s.close()
+        return True
+    except OSError:
+        return False
+
+
+def udp_ask(sock, data, addr, timeout, refused_ok=False):
+    """Send data to addr from sock (with a short timeout of its own) until a
+    datagram comes back, within timeout seconds; returns it, or None. A UDP
+    app that is still starting drops the first ones; refused_ok: a port
+    unreachable (the port was closed a moment ago) is tried again too."""
+    retry = (socket.timeout, ConnectionRefusedError) if refused_ok else socket.timeout
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sock.sendto(data, addr)
+        try:
+            return sock.recvfrom(70000)[0]
+        except retry:
+            pass
+    return None
+
+
+def free_port_range(n):
+    """n consecutive free ports, below the ephemeral range (32768 and up, where
+    every test's bind-to-port-0 ports and the busy machine's connections are),
+    so that nobody else's free port lands in the range meanwhile; and below
+    the default --ftp-ports (30000-30999), which a fixed range must not
+    overlap. Returns (first, last)."""
+    rng = random.Random()
+    for _ in range(200):
+        lo = rng.randrange(20000, 29999 - n)
+        socks = []
+        try:
+            for p in range(lo, lo + n):
+                s = socket.socket()
+                socks.append(s)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(("127.0.0.1", p))
+                s.listen(1)
+            return lo, lo + n - 1
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise AssertionError("no %d consecutive free ports" % n)
+
+
+def free_port_any():
+    """A port free on every address of both families (TCP and UDP), for a
+    program that listens on the wildcard (no --bind: one dual-stack [::]
+    socket). Such a bind fails on a port that any connection of the machine
+    uses locally on any address, so it is taken below the ephemeral range and
+    below free_port_range's ports (10000-19999), and checked with a
+    dual-stack listener."""
+    rng = random.Random()
+    for _ in range(500):
+        p = rng.randrange(10000, 19999)
+        socks = []
+        try:
+            for typ in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                try:
+                    s = socket.socket(socket.AF_INET6, typ)
+                    socks.append(s)
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    s.bind(("::", p))
+                except OSError as e:
+                    if e.errno == errno.EAFNOSUPPORT:  # no IPv6: IPv4 wildcard
+                        s = socket.socket(socket.AF_INET, typ)
+                        socks.append(s)
+                        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                        s.bind(("0.0.0.0", p))
+                    else:
+                        raise
+                if typ == socket.SOCK_STREAM:
+                    s.listen(1)
+            return p
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise AssertionError("no port free on every address")
 
 
 def connect(port, timeout=None):
@@ -294,7 +439,12 @@ def tunnel_socket(port, timeout):
     """A connection to the tunnel port as a private would open it: TLS 1.3
     (certificate not checked: the tests look at the frames behind it) unless
     the suite runs with --insecure-plaintext."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    return wrap_tunnel(socket.create_connection(("127.0.0.1", port), timeout=timeout))
+
+
+def wrap_tunnel(s):
+    """TLS on a connected socket to the tunnel port, as tunnel_socket() does
+    (nothing when the suite runs without TLS)."""
     if not TLS:
         return s
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -325,7 +475,7 @@ def read_frame(sock):
         raise AssertionError("peer sent frame header length %d" % n)
     h = json.loads(recv_exact(sock, n))
     payload = b""
-    if h.get("op") == OP_DATA:
+    if h.get("op") in (OP_DATA, OP_UDP_DATA) and h.get("len"):
         payload = recv_exact(sock, h["len"])
     return h, payload
 
@@ -577,10 +727,10 @@ class ProxyTest(unittest.TestCase):
             got = recv_exact(s, len(data))
         self.assertEqual(got, data, "echo through port %d returned other bytes" % port)
 
-    def setup_echo(self, app="echo", register_via="cli"):
+    def setup_echo(self, app="echo", register_via="cli", public_extra=()):
         """public + private + echo app; returns the app's public port."""
         echo = self.server(apps.EchoServer)
-        self.start_public()
+        self.start_public(extra=public_extra)
         app_port = free_port()
         spec = "%s:%d:127.0.0.1:%d" % (app, app_port, echo.port)
         if register_via == "cli":

@@ -69,14 +69,25 @@ fi
 JOBS=${JOBS:-2}
 case "$JOBS" in ''|*[!0-9]*|0) JOBS=1 ;; esac
 
-# One lane: runs its files in turn, each under timeout(1), and leaves the exit
-# status in $OUT/NAME.rc.  timeout(1) puts itself in its own process group, so
-# a stop of the lane is passed on to it.
+# The longest files start first, so that the lanes end together.
+LONG_FIRST="test_hostile_peer test_faults test_preauth test_web_front test_udp test_resume"
+ORDERED=""
+for l in $LONG_FIRST; do
+    case " $FILES " in *" tests/$l.py "*) ORDERED="$ORDERED tests/$l.py" ;; esac
+done
+for f in $FILES; do
+    case " $ORDERED " in *" $f "*) ;; *) ORDERED="$ORDERED $f" ;; esac
+done
+
+# One lane: takes the next file nobody has taken (mkdir is atomic), runs it
+# under timeout(1), and leaves the exit status in $OUT/NAME.rc.  timeout(1)
+# puts itself in its own process group, so a stop of the lane is passed on.
 run_lane() {
     CHILD=""
     trap '[ -n "$CHILD" ] && kill "$CHILD" 2>/dev/null; exit 143' TERM INT
     for f in "$@"; do
         name=$(basename "$f" .py)
+        mkdir "$OUT/.taken.$name" 2>/dev/null || continue
         # -k: SIGKILL if the file does not stop within 10 s of the SIGTERM.
         timeout -k 10 "$FILE_LIMIT" "$PY" "$f" >"$OUT/$name.txt" 2>&1 &
         CHILD=$!
@@ -91,21 +102,14 @@ run_lane() {
 }
 
 START=$(date +%s)
+rm -rf "$OUT"/.taken.*
 echo "== integration tests, mode $MODE, binaries in $BIN_DIR, logs in $OUT, $JOBS lane(s)"
 LANES=""
 lane=0
 while [ $lane -lt "$JOBS" ]; do
-    i=0
-    mine=""
-    for f in $FILES; do
-        [ $((i % JOBS)) -eq $lane ] && mine="$mine $f"
-        i=$((i + 1))
-    done
-    if [ -n "$mine" ]; then
-        # shellcheck disable=SC2086 # a list of file names without spaces
-        run_lane $mine &
-        LANES="$LANES $!"
-    fi
+    # shellcheck disable=SC2086 # a list of file names without spaces
+    run_lane $ORDERED &
+    LANES="$LANES $!"
     lane=$((lane + 1))
 done
 trap 'kill $LANES 2>/dev/null; exit 130' INT
@@ -120,6 +124,12 @@ for f in $FILES; do
     sed -n -e '/ \.\.\. /p' -e '/^FAIL:/p' -e '/^ERROR:/p' -e '/^Ran /p' -e '/^OK/p' \
         -e '/^FAILED/p' -e '/TIMEOUT/p' "$OUT/$name.txt" 2>/dev/null | sed 's/^/   /'
     rc=$(cat "$OUT/$name.rc" 2>/dev/null || echo 1)
+    if [ "$rc" -ne 0 ]; then
+        # A failure explains itself here (CI shows only this output): each
+        # traceback up to its exception, at most 60 lines a file.
+        awk '/^(FAIL|ERROR): /{on=1} /^(=+|Ran [0-9]+ tests?)/{if(on&&!/^(FAIL|ERROR): /)on=0}
+             on{print}' "$OUT/$name.txt" 2>/dev/null | grep -v '^-*$' | head -n 60 | sed 's/^/   | /'
+    fi
     record "$name" "$rc"
 done
 
@@ -131,6 +141,9 @@ if [ "$MODE" = release ] && [ -z "${TESTS:-}" ]; then
     tail -n 5 "$OUT/nat_test.txt" | sed 's/^/   /'
     record nat_test $rc
     echo "-- nat_linkcut"; sh tests/nat_linkcut.sh >"$OUT/nat_linkcut.txt" 2>&1; rc=$?; tail -n 5 "$OUT/nat_linkcut.txt" | sed 's/^/   /'; record nat_linkcut $rc
+    echo "-- nat_resume"; NAT_OUT=$OUT/nat_resume "$PY" tests/nat_resume.py >"$OUT/nat_resume.txt" 2>&1; rc=$?; tail -n 5 "$OUT/nat_resume.txt" | sed 's/^/   /'; record nat_resume $rc
+    echo "-- nat_udp"; NAT_OUT=$OUT/nat_udp "$PY" tests/nat_udp.py >"$OUT/nat_udp.txt" 2>&1; rc=$?; tail -n 5 "$OUT/nat_udp.txt" | sed 's/^/   /'; record nat_udp $rc
+    echo "-- nat_ftp"; NAT_OUT=$OUT/nat_ftp "$PY" tests/nat_ftp.py >"$OUT/nat_ftp.txt" 2>&1; rc=$?; tail -n 5 "$OUT/nat_ftp.txt" | sed 's/^/   /'; record nat_ftp $rc
 
     if [ -f tests/browser/run.sh ]; then
         echo "-- browser"

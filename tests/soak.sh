@@ -11,6 +11,9 @@
 #    and SOAK_SECONDS (default 300) of mixed traffic with the private SIGKILLed
 #    every ~45 s.
 # 2. tests/nat_linkcut.sh (root; SKIPPED otherwise).
+# 3. tests/minimal_debian.sh (root): the README's two commands on a fresh
+#    debootstrap'ed minimal Debian 12, and the .debs installed there and
+#    started from their units' ExecStart lines (SKIPPED without root).
 #
 # As root it raises kernel.pid_max when it is below what 10,000 connections need
 # (and restores it) and the RLIMIT_NOFILE hard limit; it says what it changed.
@@ -53,6 +56,12 @@ NAT_OUT=$OUT sh tests/nat_linkcut.sh >"$OUT/nat_linkcut.txt" 2>&1
 rc=$?
 grep '^nat_linkcut:\|^PASS\|^FAIL\|^SKIPPED' "$OUT/nat_linkcut.txt" | sed 's/^/   /'
 [ $rc -eq 0 ] || FAILED="$FAILED nat_linkcut"
+
+echo "-- minimal_debian"
+sh tests/minimal_debian.sh >"$OUT/minimal_debian.txt" 2>&1
+rc=$?
+grep '^-- \|^   \|^minimal_debian:' "$OUT/minimal_debian.txt" | sed 's/^/   /'
+[ $rc -eq 0 ] || FAILED="$FAILED minimal_debian"
 
 END=$(date +%s)
 echo "== soak took $((END - START)) s; pid_max now $(cat /proc/sys/kernel/pid_max)"

@@ -58,25 +58,7 @@ class DataTest(ProxyTest):
         want = hashlib.sha256(data).hexdigest()
         s = connect(port, timeout=60 * SLOW)
         self.addCleanup(s.close)
-
-        def send():
-            view = memoryview(data)
-            for off in range(0, len(data), 1 << 18):
-                s.sendall(view[off:off + (1 << 18)])
-            s.shutdown(socket.SHUT_WR)
-
-        def receive():
-            h = hashlib.sha256()
-            n = 0
-            while True:
-                chunk = s.recv(1 << 18)
-                if not chunk:
-                    break
-                h.update(chunk)
-                n += len(chunk)
-            return n, h.hexdigest()
-
-        _, (n, got) = run_threads([send, receive], 200 * SLOW)
+        n, got = harness.echo_stream(s, data, 200 * SLOW)
         self.assertEqual(n, len(data), "echoed byte count")
         self.assertEqual(got, want, "sha256 of the echoed stream differs")
 

@@ -48,8 +48,12 @@ class FailureTest(ProxyTest):
         self.assertTrue(self.public.alive() and self.procs[-1].alive())
 
     def test_app_offline_private_killed(self):
-        """The private is killed: a client of its app is refused or closed promptly."""
-        port = self.setup_echo()
+        """The private is killed: a client of its app is refused or closed promptly.
+        A killed process's kernel ends its connections with a FIN, or with a
+        reset when bytes it had not read were waiting: a reset looks like the
+        network's, so the public side then waits for a resume for the grace
+        period (3 s here) before it closes clients, as an outage would."""
+        port = self.setup_echo(public_extra=["--resume-grace", "3"])
         self.echo_roundtrip(port)
         priv = [p for p in self.procs if p.name == "private-home"][0]
         priv.sigkill()

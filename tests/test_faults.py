@@ -100,10 +100,11 @@ class FaultTest(ProxyTest):
         m = p.wait_log(r"port=(\d+)", 20 * SLOW)
         return p, int(m.group(1))
 
-    def setup_apps(self, modes=("echo",), via_api=False):
+    def setup_apps(self, modes=("echo",), via_api=False, grace=None):
         """public + private + one app per mode; returns {mode: (public port,
-        target port, server proc)}."""
-        self.start_public()
+        target port, server proc)}. grace: --resume-grace for both sides."""
+        extra = ["--resume-grace", str(grace)] if grace is not None else []
+        self.start_public(extra=extra)
         apps_ = {}
         specs = []
         for mode in modes:
@@ -112,12 +113,12 @@ class FaultTest(ProxyTest):
             apps_[mode] = (pub, port, proc)
             specs.append("%s:%d:127.0.0.1:%d" % (mode, pub, port))
         if via_api:
-            self.private = self.start_private()
+            self.private = self.start_private(extra=extra)
             self.wait_online()
             for mode in modes:
                 self.register(mode, apps_[mode][0], apps_[mode][1])
         else:
-            self.private = self.start_private(register=specs)
+            self.private = self.start_private(register=specs, extra=extra)
         self.wait_online(apps=list(modes))
         self.private_argv = self.private.argv
         return apps_
@@ -327,9 +328,10 @@ class FaultTest(ProxyTest):
 
     def test_kill_private_during_traffic(self):
         """SIGKILL the private during traffic: the public's clients are closed
-        promptly and its resources released; the restarted private comes back,
-        its registrations intact, and new connections work."""
-        apps_ = self.setup_apps(via_api=True)
+        once the resume grace is over (3 s here: a reset tunnel may come back)
+        and its resources released; the restarted private comes back, its
+        registrations intact, and new connections work."""
+        apps_ = self.setup_apps(via_api=True, grace=3)
         port = apps_["echo"][0]
         base = self.baseline(port)
         before = {a["name"]: a for a in self.list()["apps"]}
@@ -363,10 +365,11 @@ class FaultTest(ProxyTest):
 
     def test_kill_public_during_traffic(self):
         """SIGKILL the public during traffic: its clients are closed (by the
-        kernel), the private closes its app connections promptly and logs
-        tunnel_down; the restarted public gets the tunnel back by itself, the
-        registration (from apps.json) intact, and new connections work."""
-        apps_ = self.setup_apps(via_api=True)
+        kernel), the private closes its app connections once its resume grace
+        is over (3 s here) and logs tunnel_down; the restarted public gets the
+        tunnel back by itself, the registration (from apps.json) intact, and new
+        connections work."""
+        apps_ = self.setup_apps(via_api=True, grace=3)
         port, target, _ = apps_["echo"]
         base = self.baseline(port)
         before = {a["name"]: a for a in self.list()["apps"]}
@@ -383,7 +386,7 @@ class FaultTest(ProxyTest):
                         % (len(self._private_app_sockets(target)), 20 * SLOW))
         self.assertTrue(self.private.alive(), "private exited when the public died")
         self.start_public(tunnel_port=self.tunnel_port, web_port=self.web_port,
-                          state_dir=self.state_dir)
+                          state_dir=self.state_dir, extra=["--resume-grace", "3"])
         self.wait_online(apps=["echo"], timeout=60 * SLOW)
         after = {a["name"]: a for a in self.list()["apps"]}
         for k in ("public_port", "target_host", "target_port", "private"):

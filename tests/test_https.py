@@ -1,5 +1,6 @@
 """HTTPS on the web port (proxy_public --web-https): the in-process TLS front of
-web_tls.c in front of CivetWeb. The client pins the certificate of
+web_front.c in front of CivetWeb (test_web_front.py has the front's limits, in
+both modes). The client pins the certificate of
 STATE_DIR/tls.crt by its SHA-256 (and checks it against the fingerprint the
 process prints). Hostile clients (garbage, a truncated ClientHello, many
 half-open connections, stalled requests) end only their own connections."""
@@ -138,7 +139,9 @@ class HttpsTest(ProxyTest):
 
     def test_rate_limit_uses_real_address(self):
         """CivetWeb sees 127.0.0.1 for every HTTPS client; the front maps each
-        connection back to its real address, so one guesser is blocked alone."""
+        connection back to its real address, which the log shows and the rate
+        limit uses (all of loopback is one budget there, so 127.0.0.1 is blocked
+        with 127.0.0.3; other hosts keep theirs: tests/unit/test_ratelimit.c)."""
         blocked = None
         for _ in range(40):
             st, hdr, body = self.request("GET", "/list", token="wrong", source="127.0.0.3")
@@ -149,8 +152,10 @@ class HttpsTest(ProxyTest):
         self.assertIsNotNone(blocked, "no 429 after 40 wrong tokens over HTTPS")
         self.assertRegex(blocked.get("retry-after", ""), r"^[1-9][0-9]*$")
         self.assertRegex(self.public.log(), r"ev=web_unauthorized client=127\.0\.0\.3 ")
-        # Another address over HTTPS is not blocked.
-        self.still_serving("a blocked HTTPS client")
+        self.assertRegex(self.public.log(), r"ev=rate_limit_block client=127\.0\.0\.3 ")
+        st, _, body = self.request("GET", "/list")
+        self.assertEqual(st, 429, "127.0.0.1, the same host, not blocked: %s %r" % (st, body))
+        self.assertTrue(self.public.alive())
 
     # ---- hostile clients
     def test_garbage_and_plain_http(self):
@@ -182,20 +187,26 @@ class HttpsTest(ProxyTest):
         self.still_serving("stalled truncated ClientHellos")
 
     def test_many_half_open_connections(self):
-        """100 TCP connections that never say anything, 10 that finish the TLS
-        handshake and never send a request, and 5 that send half a request
-        head: a good client is still served, and so is everybody afterwards."""
-        idle = [self.raw("127.0.0.2") for _ in range(100)]
+        """100 TCP connections that never say anything (from 7 addresses, within
+        the front's 16 per address), 10 that finish the TLS handshake and never
+        send a request, 5 that send half a request head, and 30 more from an
+        address already at its cap (refused at once): a good client is still
+        served, and so is everybody afterwards."""
+        idle = [self.raw("127.0.0.%d" % (2 + i % 7)) for i in range(100)]
         tls_idle = []
         for _ in range(10):
-            s = self.raw("127.0.0.2")
+            s = self.raw("127.0.0.9")
             tls_idle.append(self.ctx.wrap_socket(s))
         half = []
         for _ in range(5):
-            s = self.ctx.wrap_socket(self.raw("127.0.0.2"))
+            s = self.ctx.wrap_socket(self.raw("127.0.0.10"))
             s.sendall(b"GET /list HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ")
             half.append(s)
-        self.still_serving("115 idle or half-open connections")
+        over = [self.raw("127.0.0.2") for _ in range(30)]
+        self.still_serving("145 idle or half-open connections")
+        for s in over:
+            self.assertTrue(closed_by_peer(s, 10 * SLOW),
+                            "a connection over the per-address cap was kept")
         for s in idle + tls_idle + half:
             s.close()
         self.still_serving("closing them all")

@@ -9,7 +9,8 @@ import socket
 import struct
 
 import harness
-from harness import ProxyTest, frame, read_frame, SLOW, OP_HELLO, OP_WELCOME, OP_ERROR, \
+from harness import ProxyTest, frame, read_frame, SLOW, OP_HELLO, OP_WELCOME, OP_ERROR, PROTO_VERSION, \
+    OP_APPS, OP_APPS_RESULT, \
     OP_PING, OP_DATA
 
 
@@ -92,15 +93,15 @@ class MalformedTest(ProxyTest):
 
     def test_hello_bad_version(self):
         s = self.tun()
-        s.sendall(frame(self.hello(version=2)))
+        s.sendall(frame(self.hello(version=PROTO_VERSION + 1)))
         f = read_frame(s)
         if f is not None:
             h, _ = f
             self.assertEqual(h.get("op"), OP_ERROR, "answer to a bad version: %r" % h)
             self.assertEqual(h.get("code"), "bad_version", h)
-        self.expect_closed(s, "HELLO with version 2")
+        self.expect_closed(s, "HELLO with a version from the future")
         self.public.wait_log(r"(?im)^.*lvl=(warn|error).*version.*$", 10 * SLOW)
-        self.still_serving("HELLO with version 2")
+        self.still_serving("HELLO with a version from the future")
         self.assertIsNone(self.find(self.list()["privates"], "evil"))
 
     def test_hello_bad_token(self):
@@ -143,6 +144,38 @@ class MalformedTest(ProxyTest):
             self.expect_closed(s, what)
             s.close()
             self.still_serving(what)
+
+    def test_apps_ops_out_of_place(self):
+        """APPS on a tunnel of a version without it, a malformed APPS, and
+        APPS_RESULT from the private end the tunnel; the good private stays."""
+        cases = [
+            (1, {"op": OP_APPS, "register": []}, "APPS on a version 1 tunnel"),
+            (PROTO_VERSION, {"op": OP_APPS, "unregister": ["a b"]}, "APPS with a bad name"),
+            (PROTO_VERSION, {"op": OP_APPS_RESULT, "apps": []}, "APPS_RESULT from a private"),
+        ]
+        for version, op, what in cases:
+            s = self.tun()
+            s.sendall(frame(self.hello(max_version=version)))
+            f = read_frame(s)
+            self.assertEqual(f[0].get("op"), OP_WELCOME, f)
+            self.assertEqual(f[0].get("version"), version, f)
+            try:
+                s.sendall(frame(op))
+            except (BrokenPipeError, ConnectionResetError, harness.ssl.SSLError):
+                pass
+            self.expect_closed(s, what)
+            s.close()
+            self.still_serving(what)
+
+    def test_deeply_nested_header(self):
+        """Before any token: a HELLO header nested 2,000 deep (the most a
+        parser that recurses per level would take, within the pre-auth size
+        limit), and one nested 10,000 deep (over that limit): the tunnel is
+        closed, the process lives."""
+        for depth in (2000, 10000):
+            nested = b'{"op":1,"x":' + b"[" * depth + b"]" * depth + b"}"
+            self.send_and_expect_close(frame(nested), "a header nested %d deep" % depth)
+        self.public.wait_log(r"nested deeper than 8 levels", 5 * SLOW)
 
     def test_many_idle_connections_then_good_private(self):
         """Connections that send nothing (or half a header) do not stop a new

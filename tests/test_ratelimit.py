@@ -1,11 +1,15 @@
 """Rate limiting of wrong tokens per source address (ratelimit.c), on the web port
-and on the tunnel port, which share one table.
+and on the tunnel port, each with its own table (a blocked page never locks a
+home proxy out of the tunnel).
 
 Policy (docs/SECURITY.md): 5 wrong tokens are free; each further one blocks the
 address for 1 s, 2 s, 4 s ... (at most 5 min); the right token resets it. While
 blocked, the web port answers 429 with Retry-After and a JSON error, even to the
-right token. Other addresses are served as usual: the tests use the loopback
-addresses 127.0.0.2 and 127.0.0.3 as "other clients".
+right token. Addresses are grouped (ratelimit.c): one budget per IPv4 address,
+per IPv6 /64, and one for all of loopback (127.0.0.0/8 and ::1 are one host).
+These tests can only use loopback, so they check that all of it shares one
+budget; that other hosts keep their own is a unit test (tests/unit/
+test_ratelimit.c).
 
 Nothing here measures time: a test waits for what Retry-After announces before
 it tries again, so slow (sanitizer) builds see the same behaviour."""
@@ -85,6 +89,17 @@ class RateLimitTest(ProxyTest):
                 wait = new_wait
         self.fail("no block of %d s or more" % at_least)
 
+    def wait_unblocked(self, source="127.0.0.1"):
+        """The right token from source until it is served (each 429 waited out
+        as its Retry-After says); the right token then resets the budget."""
+        for _ in range(12):
+            st, hdr, body = self.request(source=source)
+            if st == 200:
+                return
+            wait = self.assert_429((st, hdr, body), "right token while blocked")
+            time.sleep(wait + 0.2)
+        self.fail("%s still blocked" % source)
+
     def test_web_wrong_tokens_get_429(self):
         self.start_public()
         # The first few wrong tokens are free (plain 401s), then 429s; the
@@ -98,12 +113,12 @@ class RateLimitTest(ProxyTest):
         # The page itself needs no token and is still served.
         st, _, _ = self.request("/", token=None)
         self.assertEqual(st, 200)
-        # Another address is served as usual, and the process logs the block.
-        st, _, body = self.request(source="127.0.0.2")
-        self.assertEqual(st, 200, body)
+        # Another loopback address is the same host: blocked too. The log names
+        # the address and its group.
+        self.assert_429(self.request(source="127.0.0.2"), "right token from 127.0.0.2")
         self.assertTrue(self.public.alive())
         log = self.public_log()
-        self.assertRegex(log, r"ev=rate_limit_block client=127\.0\.0\.1 ")
+        self.assertRegex(log, r"ev=rate_limit_block client=127\.0\.0\.1 group=loopback ")
         self.assertNotIn(self.token, log, "the log shows the token")
 
     def test_web_success_resets(self):
@@ -171,35 +186,59 @@ class RateLimitTest(ProxyTest):
         self.assertRegex(h.get("code", "") + " " + h["message"],
                          r"(?i)rate|too many|wait|retry|later", h)
         self.assertTrue(self.public.alive())
-        # Other addresses keep being served: a good private comes online.
+        # 127.0.0.1 is the same host (loopback is one budget): once the block
+        # has passed and the right token reset it, a good private comes online.
+        self.wait_unblocked()
         self.start_private(extra=extra)
         self.wait_online()
         self.assertNotIn(self.token, self.public_log(), "the log shows the token")
 
-    def test_tunnel_blocked_by_web_failures(self):
-        """One budget for one secret: wrong tokens on the web port block the
-        same address on the tunnel port, even with the right token."""
+    def test_web_failures_do_not_block_tunnel(self):
+        """One budget per port: wrong tokens on the web port (a mistyped token
+        on the page, or strangers behind the same carrier-grade NAT address)
+        block that address on the web port only; a home proxy with the right
+        token still gets in on the tunnel port, and wrong HELLOs there are
+        counted on their own."""
         extra = self.tunnel_plaintext_flag()
         self.start_public(extra=extra)
-        self.block_long("127.0.0.1")
+        self.block_long("127.0.0.1", at_least=4)
+        st, hdr, body = self.request(source="127.0.0.1")
+        self.assertEqual(st, 429, "the web port is not blocked after the wrong tokens: %r"
+                         % body)
         h = self.hello(self.token, "127.0.0.1")
-        if h is not None and h.get("op") == OP_WELCOME:
-            # Is the tunnel port rate limited at all? Wrong HELLOs from elsewhere.
-            for _ in range(3 * FREE_FAILS):
-                g = self.hello("wrong-" + self.token, "127.0.0.3")
-                if g is None or g.get("code") != "bad_token":
-                    break
-            else:
-                self.skipTest("the tunnel port has no rate limiting yet")
-            self.fail("right token on the tunnel port accepted while the address is "
-                      "blocked: %r" % h)
-        self.assertIsNotNone(h, "refused without an ERROR frame")
-        self.assertEqual(h.get("op"), OP_ERROR, h)
-        self.assertRegex(h.get("code", "") + " " + h.get("message", ""),
-                         r"(?i)rate|too many|wait|retry|later", h)
-        # Another address still gets in.
-        st, _, body = self.request(source="127.0.0.2")
-        self.assertEqual(st, 200, body)
+        self.assertIsNotNone(h, "no answer to a right HELLO")
+        self.assertEqual(h.get("op"), OP_WELCOME,
+                         "right token on the tunnel port refused because of web failures: %r"
+                         % h)
+        # The tunnel port's own budget: FREE_FAILS wrong HELLOs are free there
+        # even though the web port blocks the address.
+        for i in range(FREE_FAILS):
+            g = self.hello("wrong-" + self.token, "127.0.0.3")
+            self.assertEqual((g or {}).get("code"), "bad_token",
+                             "wrong HELLO %d answered %r: the web failures counted" % (i, g))
+        self.assertRegex(self.public_log(), r"ev=rate_limit_block client=127\.0\.0\.1 "
+                         r"group=loopback port=web ")
+
+    def test_loopback_addresses_share_one_budget(self):
+        """Wrong tokens from 200 loopback addresses (127.0.0.2 ... 127.0.0.201),
+        one each, add up to a block: all of 127.0.0.0/8 is one host with one
+        budget, so a guesser on the machine cannot multiply it by the addresses
+        it can bind."""
+        self.start_public()
+        answers = []
+        for i in range(200):
+            st, hdr, body = self.request(token="wrong-" + self.token,
+                                         source="127.0.0.%d" % (2 + i))
+            self.assertIn(st, (401, 429), body)
+            answers.append(st)
+        self.assertTrue(429 in answers, "200 loopback addresses, one wrong token each, "
+                        "were all answered 401: one budget per address")
+        first = answers.index(429)
+        self.assertGreaterEqual(first, FREE_FAILS + 1,
+                                "blocked after only %d wrong tokens" % first)
+        self.assertRegex(self.public_log(), r"ev=rate_limit_block client=127\.0\.0\.\d+ "
+                         r"group=loopback port=web fails=%d " % (FREE_FAILS + 1))
+        self.assertTrue(self.public.alive())
 
 
 if __name__ == "__main__":

@@ -204,7 +204,11 @@ class WireTest(ProxyTest):
         echo = self.server(apps.EchoServer)
         tport = free_port()
         pcap = os.path.join(self.tmp, "tunnel.pcap")
-        dump = subprocess.Popen(["tcpdump", "-i", "lo", "-U", "-s", "0", "-w", pcap,
+        # --immediate-mode: libpcap's TPACKET_V3 ring otherwise hands packets
+        # over in blocks with a timeout of about a second, and a run shorter
+        # than that (proxy_public now exits at once) lost them all at SIGINT.
+        dump = subprocess.Popen(["tcpdump", "-i", "lo", "--immediate-mode", "-U", "-s", "0",
+                                 "-w", pcap,
                                  "tcp port %d" % tport], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE)
         try:
@@ -239,6 +243,139 @@ class WireTest(ProxyTest):
         data, marker = self.capture(["--insecure-plaintext"])
         self.assertIn(self.token.encode(), data)
         self.assertIn(marker, data)
+
+
+class OpenSSLTool:
+    """`openssl s_client` or `s_server` with -msg, driven through its stdin
+    (frames as data, "K\n" for a KeyUpdate that asks for one back, "Q\n" for
+    close_notify) and read from its stdout in the background."""
+
+    def __init__(self, test, argv):
+        self.p = subprocess.Popen(["openssl"] + argv, stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        test.addCleanup(self.close)
+        self.out = b""
+        self.lock = threading.Lock()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        while True:
+            data = self.p.stdout.read1(65536)
+            if not data:
+                return
+            with self.lock:
+                self.out += data
+
+    def text(self):
+        with self.lock:
+            return self.out.decode("latin1")
+
+    def send(self, data):
+        self.p.stdin.write(data)
+        self.p.stdin.flush()
+        time.sleep(0.3)  # each command in its own read of the tool
+
+    def wait(self, pattern, timeout, start=0):
+        return harness.wait_until(lambda: re.search(pattern, self.text()[start:], re.S),
+                                  timeout, "openssl output matching %r" % pattern)
+
+    def close(self):
+        if self.p.poll() is None:
+            self.p.kill()
+        self.p.wait(10)
+        self.p.stdin.close()
+        self.p.stdout.close()
+
+
+class InteropTest(ProxyTest):
+    """TLS interoperability both ways with OpenSSL's own tools: s_client plays
+    the private side against proxy_public, s_server the public side against
+    proxy_private. KeyUpdate requests are answered, close_notify ends the
+    tunnel in order (and is sent by us when we stop)."""
+
+    def setUp(self):
+        super().setUp()
+        if "--insecure-plaintext" in harness.EXTRA_ARGS:
+            self.skipTest("the suite runs with --insecure-plaintext")
+
+    def test_s_client_as_the_private_side(self):
+        self.start_public()
+        c = OpenSSLTool(self, ["s_client", "-connect", "127.0.0.1:%d" % self.tunnel_port,
+                               "-tls1_3", "-msg"])
+        c.wait(r"Verify return code", 10 * SLOW)
+        c.send(harness.frame({"op": harness.OP_HELLO, "version": 1, "token": self.token,
+                              "name": "sclient", "window": 1 << 20}))
+        self.wait_online(private="sclient")
+        mark = len(c.text())
+        c.send(b"K\n")  # KeyUpdate, update_requested
+        c.wait(r">>> TLS 1.3, Handshake \[length 0005\], KeyUpdate\s+18 00 00 01 01", 5 * SLOW,
+               mark)
+        # Our answer comes before our next record: the next PING (every 5 s).
+        c.wait(r"<<< TLS 1.3, Handshake \[length 0005\], KeyUpdate", 15 * SLOW, mark)
+        c.send(harness.frame({"op": harness.OP_PING}))
+        time.sleep(1)
+        pv = self.find(self.list()["privates"], "sclient")
+        self.assertTrue(pv["online"], "the tunnel did not survive the KeyUpdate")
+        c.send(b"Q\n")  # close_notify
+        self.public.wait_log(r"ev=tunnel_down name=sclient .*reason=\"peer closed the tunnel\"",
+                             10 * SLOW)
+        self.assertTrue(self.public.alive())
+
+    def test_s_server_as_the_public_side(self):
+        key = os.path.join(self.tmp, "k.pem")
+        crt = os.path.join(self.tmp, "c.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", crt,
+                        "-days", "1", "-subj", "/CN=s_server"], check=True,
+                       capture_output=True, timeout=30)
+        port = free_port()
+        srv = OpenSSLTool(self, ["s_server", "-accept", "127.0.0.1:%d" % port, "-cert", crt,
+                                 "-key", key, "-tls1_3", "-msg", "-naccept", "1"])
+        srv.wait(r"ACCEPT", 10 * SLOW)
+        priv = self.start_private(name="home", port=port)
+        srv.wait(r'"name":"home"', 15 * SLOW)  # its HELLO
+        srv.send(harness.frame({"op": harness.OP_WELCOME, "version": 1, "window": 1 << 22,
+                                "heartbeat": 5}))
+        priv.wait_log(r"ev=tunnel_up .*tls=(on|ktls)", 10 * SLOW)
+        mark = len(srv.text())
+        srv.send(b"K\n")
+        srv.wait(r">>> TLS 1.3, Handshake \[length 0005\], KeyUpdate\s+18 00 00 01 01", 5 * SLOW,
+                 mark)
+        srv.wait(r"<<< TLS 1.3, Handshake \[length 0005\], KeyUpdate", 15 * SLOW, mark)
+        # Our PING still arrives after the keys changed both ways.
+        mark = len(srv.text())
+        srv.wait(r"<<< TLS 1.3, InnerContent", 15 * SLOW, mark)
+        # Stopping sends close_notify.
+        self.assertEqual(priv.stop(), 0)
+        srv.wait(r"<<< TLS 1.3, Alert \[length 0002\], warning close_notify", 10 * SLOW)
+
+
+class DirectWritesTest(ProxyTest):
+    """The write path used with kernel TLS (OpenSSL writing to the socket
+    itself, a write that does not fit finished later with the same bytes),
+    run in user space with PROXY_TLS_DIRECT_WRITES=1: bulk both ways while a
+    slow reader fills a socket, byte-exact."""
+
+    def setUp(self):
+        super().setUp()
+        if "--insecure-plaintext" in harness.EXTRA_ARGS:
+            self.skipTest("the suite runs with --insecure-plaintext")
+
+    def test_bulk_both_ways_with_direct_writes(self):
+        os.environ["PROXY_TLS_DIRECT_WRITES"] = "1"
+        self.addCleanup(os.environ.pop, "PROXY_TLS_DIRECT_WRITES", None)
+        echo = self.server(apps.EchoServer)
+        self.start_public()
+        port = free_port()
+        self.start_private(register=["e:%d:127.0.0.1:%d" % (port, echo.port)])
+        self.wait_online(apps=["e"])
+        data = os.urandom(harness.BULK // 4)
+        with harness.connect(port) as c:
+            t = threading.Thread(target=c.sendall, args=(data,))
+            t.start()
+            got = harness.recv_exact(c, len(data))
+            t.join()
+        self.assertEqual(harness.sha256(got), harness.sha256(data))
 
 
 if __name__ == "__main__":

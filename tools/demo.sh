@@ -3,17 +3,27 @@
 # proxy_private, and publishes a small web page (python3 -m http.server) through
 # the tunnel with --register.  Prints how to reach it; Ctrl-C stops everything.
 #
-#   sh tools/demo.sh
+#   sh tools/demo.sh           # runs until Ctrl-C
+#   sh tools/demo.sh --check   # fetches the page through the tunnel, then stops
+#                              # (exit 0 when it came through)
 #
+# Needs what `sh tools/deps.sh demo` checks (and, as root, installs): the
+# build tools and libraries, python3 (the sample web app) and curl.
 # Environment: PROXY_EXTRA_ARGS adds arguments to both programs.
 set -u
 
 cd "$(dirname "$0")/.." || exit 2
-PY=/usr/bin/python3
-[ -x "$PY" ] || PY=python3
+CHECK=0
+case "${1:-}" in
+--check) CHECK=1 ;;
+"") ;;
+*) echo "usage: sh tools/demo.sh [--check]" >&2; exit 2 ;;
+esac
 EXTRA=${PROXY_EXTRA_ARGS:-}
 
-sh tools/deps.sh build || exit 1
+sh tools/deps.sh demo || exit 1
+PY=/usr/bin/python3
+[ -x "$PY" ] || PY=python3
 make || exit 1
 
 free_port() {
@@ -37,7 +47,15 @@ TUNNEL=$(free_port)
 WEB=$(free_port)
 APP=$(free_port)
 HTTP=$(free_port)
+for p in "$TUNNEL" "$WEB" "$APP" "$HTTP"; do
+    case "$p" in
+    ''|*[!0-9]*) echo "demo: could not pick free ports with $PY" >&2; exit 1 ;;
+    esac
+done
 TOKEN=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+# The token goes to both programs in the environment, not on the command
+# line (where ps shows it to every user).
+export NAT_TOKEN="$TOKEN"
 
 mkdir -p "$TMP/www" "$TMP/state"
 cat >"$TMP/www/index.html" <<'EOF'
@@ -53,7 +71,7 @@ EOF
 PIDS="$PIDS $!"
 
 # shellcheck disable=SC2086 # EXTRA is a list of words
-./proxy_public "$TUNNEL" "$WEB" --bind 127.0.0.1 --token "$TOKEN" \
+./proxy_public "$TUNNEL" "$WEB" --bind 127.0.0.1 \
     --state-dir "$TMP/state" $EXTRA 2>"$TMP/public.log" &
 PUB=$!
 PIDS="$PIDS $PUB"
@@ -76,7 +94,7 @@ PIN=""
 [ -n "$FP" ] && PIN="--fingerprint $FP"
 
 # shellcheck disable=SC2086
-./proxy_private 127.0.0.1 "$TUNNEL" --token "$TOKEN" --name demo \
+./proxy_private 127.0.0.1 "$TUNNEL" --name demo \
     --register "web:$APP:127.0.0.1:$HTTP" --known-hosts "$TMP/known_hosts" $PIN \
     $EXTRA 2>"$TMP/private.log" &
 PRIV=$!
@@ -98,6 +116,16 @@ sys.exit(0 if any(a["name"] == "web" and a["online"] for a in d["apps"]) else 1)
     fi
     sleep 0.2
 done
+
+if [ $CHECK -eq 1 ]; then
+    if curl -s --max-time 10 "http://127.0.0.1:$APP/" | grep -q "Hello through the tunnel"; then
+        echo "demo: OK: the page came through the tunnel (http://127.0.0.1:$APP/)"
+        exit 0
+    fi
+    echo "demo: FAILED: the page did not come through; logs:"
+    tail -n 20 "$TMP/public.log" "$TMP/private.log"
+    exit 1
+fi
 
 cat <<EOF
 

@@ -1,25 +1,35 @@
 #!/bin/sh
 # Checks (and as root installs) the Debian 12 packages this project needs.
 #
-#   sh tools/deps.sh [build|test|nat]
+#   sh tools/deps.sh [build|demo|test|nat|soak]
 #
-# build: what `make` needs.  test (default): everything `make test` uses
-# (sanitizers, real-NAT test, browser test, benchmarks).  nat: the tools of
-# tests/nat_test.sh.  As root, missing packages are installed with apt-get;
+# build: what `make` needs.  demo: what tools/demo.sh needs (the build, python3
+# for the sample web app, curl for its check).  test (default): everything
+# `make test` uses (sanitizers, real-NAT tests with dnsmasq, dig,
+# wireguard-go, vsftpd and lftp, nginx for the PROXY protocol test, browser test, benchmarks, the Debian package test).  nat: the tools of tests/nat_test.sh.  soak: test plus
+# what `make soak` adds (debootstrap for tests/minimal_debian.sh).
+# tests/test_scripts.py checks that every program the scripts and tests call
+# is in their set (or on every Debian 12).  As root, missing packages are installed with apt-get;
 # otherwise the exact command is printed and the exit status is 1.
 set -u
 
 SET=${1:-test}
 BUILD="build-essential gcc make pkg-config libjansson-dev libcivetweb-dev libssl-dev"
-NAT="iproute2 nftables curl python3"
-TEST="$BUILD clang libclang-rt-14-dev python3 curl iproute2 nftables iperf3 socat
-openssh-server openssh-client tcpdump valgrind chromium nodejs npm"
+DEMO="$BUILD python3 curl"
+NAT="iproute2 nftables conntrack curl python3"
+TEST="$BUILD clang libclang-rt-14-dev python3 curl iproute2 nftables conntrack iperf3 socat
+openssh-server openssh-client tcpdump valgrind chromium nodejs npm
+dpkg-dev debhelper lintian fakeroot systemd man-db git procps openssl strace
+dnsmasq bind9-dnsutils wireguard-go wireguard-tools vsftpd lftp nginx-light"
+SOAK="$TEST debootstrap"
 
 case "$SET" in
 build) WANT=$BUILD ;;
+demo) WANT=$DEMO ;;
 test) WANT=$TEST ;;
 nat) WANT=$NAT ;;
-*) echo "usage: sh tools/deps.sh [build|test|nat]" >&2; exit 2 ;;
+soak) WANT=$SOAK ;;
+*) echo "usage: sh tools/deps.sh [build|demo|test|nat|soak]" >&2; exit 2 ;;
 esac
 
 # A package also counts as present when its command is there from another

@@ -17,15 +17,28 @@
     signinButton: $('signin-button'),
     signinError: $('signin-error'),
     signOut: $('sign-out'),
+    whoami: $('whoami'),
     updated: $('updated'),
     dashboard: $('dashboard'),
     connError: $('conn-error'),
+    scope: $('scope'),
+    scopeText: $('scope-text'),
+    scopePrivates: $('scope-privates'),
+    scopePorts: $('scope-ports'),
+    scopeLimits: $('scope-limits'),
     privatesBody: document.querySelector('#privates tbody'),
     privatesEmpty: $('privates-empty'),
+    privatesError: $('privates-error'),
+    privatesStatus: $('privates-status'),
     appsBody: document.querySelector('#apps tbody'),
     appsEmpty: $('apps-empty'),
     appsError: $('apps-error'),
     appsStatus: $('apps-status'),
+    connectionsBody: document.querySelector('#connections tbody'),
+    connectionsEmpty: $('connections-empty'),
+    connectionsTruncated: $('connections-truncated'),
+    connectionsError: $('connections-error'),
+    connectionsStatus: $('connections-status'),
     chart: $('chart'),
     chartSummary: $('chart-summary'),
     regForm: $('register-form'),
@@ -34,12 +47,40 @@
     regTargetHost: $('reg-target-host'),
     regTargetPort: $('reg-target-port'),
     regPrivate: $('reg-private'),
+    regProtocol: $('reg-protocol'),
+    regFtpField: $('reg-ftp-field'),
+    regFtpRange: $('reg-ftp-range'),
+    regAllowFrom: $('reg-allow-from'),
+    regProxyProtocol: $('reg-proxy-protocol'),
     regSubmit: $('reg-submit'),
     regError: $('register-error'),
     regStatus: $('register-status'),
+    tokensSection: $('tokens-section'),
+    tokensBody: document.querySelector('#tokens tbody'),
+    tokensEmpty: $('tokens-empty'),
+    tokensError: $('tokens-error'),
+    tokensStatus: $('tokens-status'),
+    tokenCreated: $('token-created'),
+    tokenCreatedTitle: $('token-created-title'),
+    newToken: $('new-token'),
+    copyToken: $('copy-token'),
+    tokenSave: $('token-save'),
+    tokenCommand: $('token-command'),
+    copyCommand: $('copy-command'),
+    tokenCopyStatus: $('token-copy-status'),
+    tokenDone: $('token-done'),
+    tokForm: $('token-form'),
+    tokLabel: $('tok-label'),
+    tokPrivates: $('tok-privates'),
+    tokPorts: $('tok-ports'),
+    tokMaxApps: $('tok-max-apps'),
+    tokMaxConns: $('tok-max-conns'),
+    tokSubmit: $('tok-submit'),
+    tokError: $('token-form-error'),
     confirm: $('confirm'),
     confirmText: $('confirm-text'),
     confirmTitle: $('confirm-title'),
+    confirmOk: $('confirm-ok'),
   };
 
   // ---------------------------------------------------------------- formatting
@@ -179,8 +220,12 @@
     stopPolling();
     token = null;
     forgetToken();
+    isAdmin = false;
+    hideCreatedToken();
+    renderTokens([]);
     el.dashboard.hidden = true;
     el.signOut.hidden = true;
+    el.whoami.hidden = true;
     el.updated.hidden = true;
     el.signin.hidden = false;
     setText(el.signinError, message || '');
@@ -193,6 +238,7 @@
     el.signin.hidden = true;
     el.dashboard.hidden = false;
     el.signOut.hidden = false;
+    el.whoami.hidden = false;
     el.updated.hidden = false;
     setText(el.signinError, '');
   }
@@ -214,9 +260,10 @@
       saveToken(candidate);
       el.token.value = '';
       setAttr(el.token, 'aria-invalid', 'false');
+      isAdmin = data.admin === true;
       resetRates();
       showDashboard();
-      render(data);
+      await refresh();
       startPolling();
       $('main').focus();
     } catch (e) {
@@ -234,11 +281,11 @@
 
   el.signOut.addEventListener('click', () => {
     showSignin('');
-    setText(el.signinError, '');
-    setText(el.appsStatus, '');
-    setText(el.regStatus, '');
-    setText(el.regError, '');
-    setText(el.appsError, '');
+    for (const node of [el.signinError, el.appsStatus, el.regStatus, el.regError, el.appsError,
+      el.privatesError, el.privatesStatus, el.connectionsError, el.connectionsStatus,
+      el.tokensError, el.tokensStatus, el.tokError]) {
+      setText(node, '');
+    }
   });
 
   // ---------------------------------------------------------------- polling
@@ -266,13 +313,27 @@
     pollTimer = null;
   }
 
+  // One poll: /list, and beside it /connections and (for the admin) /tokens. A failure of
+  // the latter two is told in their own section; only /list decides "lost contact".
   async function refresh() {
     if (token === null) return;
     const gen = pollGeneration;
+    const stale = () => gen !== pollGeneration || token === null;
     try {
-      const data = await api('GET', '/list');
-      if (gen !== pollGeneration || token === null) return;
+      const [data, connections, tokensFirst] = await Promise.all([
+        api('GET', '/list'),
+        api('GET', '/connections').catch((e) => e),
+        isAdmin ? api('GET', '/tokens').catch((e) => e) : Promise.resolve(null),
+      ]);
+      if (stale()) return;
+      applyIdentity(data);
+      // Signed in again in this tab (a reload): whether this is the admin is known only now.
+      const tokens = isAdmin && tokensFirst === null
+        ? await api('GET', '/tokens').catch((e) => e) : tokensFirst;
+      if (stale()) return;
+      renderTokensAnswer(tokens);
       render(data);
+      renderConnectionsAnswer(connections);
       if (!lastPollOk) setText(el.connError, '');
       lastPollOk = true;
     } catch (e) {
@@ -339,6 +400,22 @@
     return typeof v === 'number' && Number.isFinite(v) ? v : NaN;
   }
 
+  // An FTP app's mode, as the Protocol cell says it.
+  function ftpModeText(a) {
+    if (a.ftp_mode === 'fixed') return 'FTP (fixed ' + a.ftp_range + ')';
+    return 'FTP (rewrite)' + (a.tls_sessions > 0 ? ' · TLS seen' : '');
+  }
+
+  function ftpModeTitle(a) {
+    if (a.ftp_mode === 'fixed') {
+      return 'Fixed passive-range mode (for FTPS): ports ' + a.ftp_range +
+        ' are forwarded one to one; the server announces this address and those ports itself';
+    }
+    return 'Passive replies and PORT commands are rewritten; data ports come from --ftp-ports' +
+      (a.tls_sessions > 0 ? '. ' + formatCount(a.tls_sessions) + ' control connection(s) switched ' +
+        'to TLS (AUTH TLS) and could not be rewritten: use the fixed passive range for FTPS' : '');
+  }
+
   function render(data) {
     const now = performance.now();
     const privates = Array.isArray(data.privates) ? data.privates : [];
@@ -349,8 +426,22 @@
       target_port: num(a.target_port),
       private: a.private === undefined || a.private === null ? '' : String(a.private),
       online: a.online === true,
-      active_connections: num(a.active_connections),
-      total_connections: num(a.total_connections),
+      disabled: a.disabled === true,
+      // Registered by a scoped token: its id, and its label ("(revoked)" once it is).
+      owner: typeof a.owner === 'string' ? a.owner : '',
+      owner_label: typeof a.owner_label === 'string' ? a.owner_label : '',
+      udp: a.protocol === 'udp',
+      ftp: a.protocol === 'ftp',
+      // "rewrite" (replies and PORT rewritten) or "fixed" (a passive range, for FTPS).
+      ftp_mode: a.ftp_mode === 'fixed' ? 'fixed' : 'rewrite',
+      ftp_range: a.ftp_passive_ports === undefined ? '' : String(a.ftp_passive_ports),
+      tls_sessions: num(a.tls_sessions),
+      // A UDP app counts sessions (client address and port pairs) instead.
+      active_connections: num(a.protocol === 'udp' ? a.active_sessions : a.active_connections),
+      total_connections: num(a.protocol === 'udp' ? a.total_sessions : a.total_connections),
+      // An FTP app: its data connections beside the control ones.
+      active_data: num(a.active_data_connections),
+      total_data: num(a.total_data_connections),
       bytes_in: num(a.bytes_in),
       bytes_out: num(a.bytes_out),
     }));
@@ -366,30 +457,48 @@
     setAttr(el.updated, 'data-polls', String(pollCount));
   }
 
-  // Keeps tbody's rows keyed by name: existing rows are updated, new ones inserted in
-  // name order, vanished ones removed. Rows are never rebuilt.
+  // Keeps tbody's rows keyed (by item.key, else item.name): existing rows are updated,
+  // new ones inserted in key order, vanished ones removed. Rows are never rebuilt.
   function syncRows(tbody, rowsByKey, items, create, update) {
+    const keyOf = (item) => (item.key === undefined ? item.name : item.key);
     const keys = new Set();
-    for (const item of items) keys.add(item.name);
+    for (const item of items) keys.add(keyOf(item));
     for (const [key, row] of rowsByKey) {
       if (!keys.has(key)) {
         row.tr.remove();
         rowsByKey.delete(key);
       }
     }
-    const sorted = items.slice().sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    const sorted = items.slice().sort((a, b) => {
+      const ka = keyOf(a);
+      const kb = keyOf(b);
+      return ka < kb ? -1 : ka > kb ? 1 : 0;
+    });
     let previous = null;
     for (const item of sorted) {
-      let row = rowsByKey.get(item.name);
+      let row = rowsByKey.get(keyOf(item));
       if (!row) {
         row = create(item);
-        rowsByKey.set(item.name, row);
+        rowsByKey.set(keyOf(item), row);
         const next = previous ? previous.tr.nextSibling : tbody.firstChild;
         tbody.insertBefore(row.tr, next);
       }
       update(row, item);
       previous = row;
     }
+  }
+
+  // A table row whose first cell is a row header (th): {tr, name}.
+  function headedRow(key, label) {
+    const tr = document.createElement('tr');
+    tr.setAttribute('role', 'row');
+    tr.setAttribute('data-name', key);
+    const name = document.createElement('th');
+    name.scope = 'row';
+    name.setAttribute('role', 'rowheader');
+    name.setAttribute('data-label', label || 'Name');
+    tr.appendChild(name);
+    return { tr, name };
   }
 
   function cell(tr, label, className) {
@@ -403,6 +512,16 @@
     return td;
   }
 
+  function button(text, className, ariaLabel, onClick) {
+    const b = document.createElement('button');
+    b.type = 'button';
+    b.className = className;
+    b.textContent = text;
+    if (ariaLabel) b.setAttribute('aria-label', ariaLabel);
+    b.addEventListener('click', () => onClick(b));
+    return b;
+  }
+
   function stateBadge(td) {
     const span = document.createElement('span');
     span.className = 'badge';
@@ -410,13 +529,95 @@
     return span;
   }
 
-  function setState(badge, online) {
-    setText(badge, online ? 'online' : 'offline');
-    const cls = 'badge ' + (online ? 'badge-online' : 'badge-offline');
+  // kind: online, offline, disabled or refused (style.css gives each its look).
+  function setBadge(badge, text, kind) {
+    setText(badge, text);
+    const cls = 'badge badge-' + kind;
     if (badge.className !== cls) badge.className = cls;
   }
 
+  function setState(badge, online) {
+    setBadge(badge, online ? 'online' : 'offline', online ? 'online' : 'offline');
+  }
+
+  // A byte counter: short text, the exact number in its title and data-value.
+  function setBytes(td, n) {
+    setText(td, formatBytes(n));
+    setAttr(td, 'data-value', String(n));
+    setAttr(td, 'title', formatCount(n) + ' bytes');
+  }
+
+  // A cell with a <time> and a muted "(… ago)" after it: {time, ago}.
+  function timeCell(td) {
+    const value = document.createElement('span');
+    value.className = 'value';
+    const parts = { time: document.createElement('time'), ago: document.createElement('span') };
+    parts.ago.className = 'muted';
+    value.appendChild(parts.time);
+    value.appendChild(parts.ago);
+    td.appendChild(value);
+    return parts;
+  }
+
+  // Shows an RFC 3339 time in local time; agoText(date) gives the muted part. Returns
+  // false (and shows nothing) when iso is not a time.
+  function setTime(parts, iso, agoText) {
+    const d = iso ? new Date(iso) : null;
+    if (!d || Number.isNaN(d.getTime())) {
+      setAttr(parts.time, 'datetime', '');
+      setText(parts.ago, '');
+      return false;
+    }
+    setAttr(parts.time, 'datetime', iso);
+    setText(parts.time, formatTime(d));
+    setText(parts.ago, agoText ? agoText(d) : '');
+    return true;
+  }
+
+  const sinceAgo = (d) => ' (' + formatAgo(Date.now() - d.getTime()) + ')';
+
+  // Whether a node is shown (not hidden, nor inside something hidden).
+  function shown(node) {
+    return node.isConnected && node.getClientRects().length > 0;
+  }
+
+  // ---------------------------------------------------------------- private proxies
+
   const privateRows = new Map();
+
+  const REFUSE_CHOICES = [[0, 'just disconnect'], [60, '1 min'], [600, '10 min'], [3600, '1 h'], [86400, '1 day']];
+
+  // "Refuse for" (a labelled select) and the Kick button, for an online private.
+  function kickControls(name) {
+    const group = document.createElement('span');
+    group.className = 'inline-controls';
+    const label = document.createElement('label');
+    const select = document.createElement('select');
+    select.id = 'refuse-' + name;
+    select.className = 'small';
+    label.htmlFor = select.id;
+    label.append('Refuse ');
+    const who = document.createElement('span');
+    who.className = 'visually-hidden';
+    who.textContent = name + ' ';
+    label.append(who, 'for');
+    for (const [seconds, text] of REFUSE_CHOICES) {
+      const opt = document.createElement('option');
+      opt.value = String(seconds);
+      opt.textContent = text;
+      select.appendChild(opt);
+    }
+    const kick = button('Kick', 'danger small', 'Kick ' + name,
+      (b) => kickPrivate(name, Number(select.value), b, false));
+    group.append(label, select, kick);
+    return { group, select, kick };
+  }
+
+  function tokenLabel(id) {
+    if (!id) return '';
+    if (scopeToken && scopeToken.id === id) return scopeToken.label;
+    return tokenLabels.get(id) || id;
+  }
 
   function renderPrivates(privates) {
     const items = privates.map((p) => ({
@@ -424,68 +625,74 @@
       online: p.online === true,
       address: p.address ? String(p.address) : '',
       since: p.connected_since ? String(p.connected_since) : null,
+      token: typeof p.token === 'string' ? p.token : '',
+      refusedFor: Number.isFinite(p.refused_for) && p.refused_for > 0 ? p.refused_for : 0,
     }));
     syncRows(el.privatesBody, privateRows, items, (p) => {
-      const tr = document.createElement('tr');
-      tr.setAttribute('role', 'row');
-      tr.setAttribute('data-name', p.name);
-      const name = document.createElement('th');
-      name.scope = 'row';
-      name.setAttribute('role', 'rowheader');
-      name.setAttribute('data-label', 'Name');
-      tr.appendChild(name);
-      const row = {
-        tr,
-        name,
-        state: stateBadge(cell(tr, 'State')),
-        address: cell(tr, 'Address', 'mono'),
-        since: cell(tr, 'Connected since'),
-      };
-      const value = document.createElement('span');
-      value.className = 'value';
-      row.time = document.createElement('time');
-      row.ago = document.createElement('span');
-      row.ago.className = 'muted';
-      value.appendChild(row.time);
-      value.appendChild(row.ago);
-      row.since.appendChild(value);
+      const row = headedRow(p.name);
+      row.state = stateBadge(cell(row.tr, 'State'));
+      row.address = cell(row.tr, 'Address', 'mono');
+      row.since = timeCell(cell(row.tr, 'Connected since'));
+      row.token = cell(row.tr, 'Token');
+      row.actions = cell(row.tr, 'Actions', 'actions');
+      Object.assign(row, kickControls(p.name));
+      row.letIn = button('Let in now', 'secondary small', 'Let ' + p.name + ' in now',
+        (b) => kickPrivate(p.name, 0, b, true));
+      row.actions.append(row.group, row.letIn);
       return row;
     }, (row, p) => {
       setText(row.name, p.name);
-      setState(row.state, p.online);
+      if (p.refusedFor > 0) setBadge(row.state, 'refused for ' + p.refusedFor + ' s', 'refused');
+      else setState(row.state, p.online);
       setText(row.address, p.address || '–');
-      const d = p.since ? new Date(p.since) : null;
-      if (d && !Number.isNaN(d.getTime())) {
-        setAttr(row.time, 'datetime', p.since);
-        setText(row.time, formatTime(d));
-        setText(row.ago, p.online ? ' (' + formatAgo(Date.now() - d.getTime()) + ')' : ' (last time)');
-      } else {
-        setAttr(row.time, 'datetime', '');
-        setText(row.time, p.online ? 'unknown' : 'not since the server started');
-        setText(row.ago, '');
+      if (!setTime(row.since, p.since, () => (p.online ? sinceAgo(new Date(p.since)) : ' (last time)'))) {
+        setText(row.since.time, p.online ? 'unknown' : 'not since the server started');
       }
+      setText(row.token, p.token ? tokenLabel(p.token) : p.online ? 'admin' : '–');
+      setAttr(row.token, 'title', p.token ? 'token id ' + p.token : '');
+      row.group.hidden = !p.online;
+      row.letIn.hidden = p.refusedFor === 0;
     });
     el.privatesEmpty.hidden = items.length !== 0;
   }
+
+  // POST /kick: refuseFor 0 just disconnects; letIn: it ends a refusal of an offline private
+  // (the server's kick with refuse_for 0).
+  function kickPrivate(name, refuseFor, b, letIn) {
+    const choice = REFUSE_CHOICES.find(([seconds]) => seconds === refuseFor);
+    return performAction({
+      button: b,
+      messages: { error: el.privatesError, status: el.privatesStatus },
+      path: '/kick',
+      body: { private: name, refuse_for: refuseFor },
+      success: () => (letIn
+        ? name + ' may connect again; it comes back after its next retry.'
+        : refuseFor > 0
+          ? 'Kicked ' + name + '; it is refused for ' + (choice ? choice[1] : refuseFor + ' s') + '.'
+          : 'Kicked ' + name + '; it may come back at once.'),
+      failure: 'Could not ' + (letIn ? 'let ' + name + ' in' : 'kick ' + name),
+      // The Kick button goes with the tunnel: "Let in now" takes over, or the title.
+      focusAfter: () => {
+        const row = privateRows.get(name);
+        return row && shown(row.letIn) ? row.letIn : $('privates-title');
+      },
+    });
+  }
+
+  // ---------------------------------------------------------------- apps
 
   const appRows = new Map();
 
   function renderApps(apps) {
     syncRows(el.appsBody, appRows, apps, (a) => {
-      const tr = document.createElement('tr');
-      tr.setAttribute('role', 'row');
-      tr.setAttribute('data-name', a.name);
-      const name = document.createElement('th');
-      name.scope = 'row';
-      name.setAttribute('role', 'rowheader');
-      name.setAttribute('data-label', 'Name');
-      tr.appendChild(name);
-      const row = {
-        tr,
-        name,
+      const row = headedRow(a.name);
+      const tr = row.tr;
+      Object.assign(row, {
         port: cell(tr, 'Public port', 'num'),
+        protocol: cell(tr, 'Protocol'),
         target: cell(tr, 'Target', 'mono'),
         private: cell(tr, 'Private'),
+        owner: cell(tr, 'Owner'),
         state: stateBadge(cell(tr, 'State')),
         active: cell(tr, 'Active', 'num'),
         total: cell(tr, 'Total', 'num'),
@@ -494,7 +701,7 @@
         rateIn: cell(tr, 'In now', 'num'),
         rateOut: cell(tr, 'Out now', 'num'),
         actions: cell(tr, 'Actions', 'actions'),
-      };
+      });
       row.port.classList.add('col-port');
       row.active.classList.add('col-active');
       row.total.classList.add('col-total');
@@ -502,31 +709,38 @@
       row.bytesOut.classList.add('col-bytes-out');
       row.rateIn.classList.add('col-rate-in');
       row.rateOut.classList.add('col-rate-out');
-      const button = document.createElement('button');
-      button.type = 'button';
-      button.className = 'danger small';
-      button.textContent = 'Unregister';
-      button.setAttribute('aria-label', 'Unregister ' + a.name);
-      button.addEventListener('click', () => confirmUnregister(a.name, button));
-      row.actions.appendChild(button);
-      row.button = button;
+      row.toggle = button('Disable', 'secondary small', 'Disable ' + a.name,
+        (b) => setAppDisabled(a.name, !row.disabled, b));
+      row.button = button('Unregister', 'danger small', 'Unregister ' + a.name,
+        (b) => confirmUnregister(a.name, b));
+      row.actions.append(row.toggle, row.button);
       return row;
     }, (row, a) => {
       setText(row.name, a.name);
       setText(row.port, Number.isFinite(a.public_port) ? String(a.public_port) : '–');
+      setText(row.protocol, a.udp ? 'UDP' : a.ftp ? ftpModeText(a) : 'TCP');
+      setAttr(row.protocol, 'title', a.ftp ? ftpModeTitle(a) : '');
+      setAttr(row.active, 'title', a.udp ? 'UDP sessions open now'
+        : a.ftp ? 'FTP control / data connections open now' : 'connections open now');
+      setAttr(row.total, 'title', a.udp ? 'UDP sessions since start'
+        : a.ftp ? 'FTP control / data connections since start' : 'connections since start');
       setText(row.target, a.target_host + ':' + (Number.isFinite(a.target_port) ? a.target_port : '?'));
       setText(row.private, a.private || '–');
-      setState(row.state, a.online);
-      setText(row.active, formatCount(a.active_connections));
+      setText(row.owner, a.owner_label || (a.owner ? a.owner : 'admin'));
+      setAttr(row.owner, 'title', a.owner ? 'token id ' + a.owner : 'registered with the admin token');
+      row.disabled = a.disabled;
+      if (a.disabled) setBadge(row.state, 'disabled', 'disabled');
+      else setState(row.state, a.online);
+      setText(row.toggle, a.disabled ? 'Enable' : 'Disable');
+      setAttr(row.toggle, 'aria-label', (a.disabled ? 'Enable ' : 'Disable ') + a.name);
+      setText(row.active, formatCount(a.active_connections) +
+        (a.ftp ? ' / ' + formatCount(a.active_data) : ''));
       setAttr(row.active, 'data-value', String(a.active_connections));
-      setText(row.total, formatCount(a.total_connections));
+      setText(row.total, formatCount(a.total_connections) +
+        (a.ftp ? ' / ' + formatCount(a.total_data) : ''));
       setAttr(row.total, 'data-value', String(a.total_connections));
-      setText(row.bytesIn, formatBytes(a.bytes_in));
-      setAttr(row.bytesIn, 'data-value', String(a.bytes_in));
-      setAttr(row.bytesIn, 'title', formatCount(a.bytes_in) + ' bytes');
-      setText(row.bytesOut, formatBytes(a.bytes_out));
-      setAttr(row.bytesOut, 'data-value', String(a.bytes_out));
-      setAttr(row.bytesOut, 'title', formatCount(a.bytes_out) + ' bytes');
+      setBytes(row.bytesIn, a.bytes_in);
+      setBytes(row.bytesOut, a.bytes_out);
       const r = rates.get(a.name);
       const rin = r && r.rateIn !== null ? r.rateIn : null;
       const rout = r && r.rateOut !== null ? r.rateOut : null;
@@ -536,6 +750,120 @@
       setAttr(row.rateOut, 'data-value', rout === null ? '' : String(Math.round(rout)));
     });
     el.appsEmpty.hidden = apps.length !== 0;
+  }
+
+  // POST /disable or /enable. The button stays (its label flips), and so does the focus.
+  function setAppDisabled(name, disable, b) {
+    const row = appRows.get(name);
+    const port = row ? row.port.textContent : '?';
+    return performAction({
+      button: b,
+      messages: { error: el.appsError, status: el.appsStatus },
+      path: disable ? '/disable' : '/enable',
+      body: { name },
+      success: () => (disable
+        ? 'Disabled ' + name + ': public port ' + port + ' refuses new connections.'
+        : 'Enabled ' + name + ': public port ' + port + ' accepts connections again.'),
+      failure: 'Could not ' + (disable ? 'disable ' : 'enable ') + name,
+      focusAfter: () => $('apps-title'),
+    });
+  }
+
+  // ---------------------------------------------------------------- connections
+
+  const connectionRows = new Map();
+
+  function renderConnectionsAnswer(answer) {
+    if (answer instanceof Error) {
+      pollProblem(el.connectionsError, 'Could not read the connections: ' + answer.message);
+      return;
+    }
+    pollProblem(el.connectionsError, '');
+    const list = answer && Array.isArray(answer.connections) ? answer.connections : [];
+    renderConnections(list.map((c) => ({
+      private: String(c.private),
+      id: num(c.id),
+      app: String(c.app),
+      client: String(c.client),
+      since: c.since ? String(c.since) : null,
+      bytes_in: num(c.bytes_in),
+      bytes_out: num(c.bytes_out),
+    })));
+    const total = answer ? num(answer.total) : NaN;
+    const truncated = answer !== null && answer.truncated === true;
+    el.connectionsTruncated.hidden = !truncated;
+    if (truncated) {
+      setText(el.connectionsTruncated, 'Showing the first ' + formatCount(list.length) + ' of ' +
+        formatCount(total) + ' open connections.');
+    }
+  }
+
+  function renderConnections(items) {
+    // Keyed by app, private and id: the oldest connection of an app first.
+    for (const c of items) c.key = c.app + '\n' + c.private + '\n' + String(c.id).padStart(20, '0');
+    syncRows(el.connectionsBody, connectionRows, items, (c) => {
+      const row = headedRow(c.private + '/' + c.id, 'App');
+      row.private = cell(row.tr, 'Private');
+      row.client = cell(row.tr, 'Client', 'mono');
+      row.since = timeCell(cell(row.tr, 'Since'));
+      row.bytesIn = cell(row.tr, 'Bytes in', 'num');
+      row.bytesOut = cell(row.tr, 'Bytes out', 'num');
+      row.actions = cell(row.tr, 'Actions', 'actions');
+      row.button = button('Close', 'danger small', 'Close the connection from ' + c.client + ' to ' + c.app,
+        (b) => closeConnection(c, b));
+      row.actions.appendChild(row.button);
+      return row;
+    }, (row, c) => {
+      setText(row.name, c.app);
+      setText(row.private, c.private);
+      setText(row.client, c.client);
+      setTime(row.since, c.since, sinceAgo);
+      setBytes(row.bytesIn, c.bytes_in);
+      setBytes(row.bytesOut, c.bytes_out);
+    });
+    el.connectionsEmpty.hidden = items.length !== 0;
+  }
+
+  function closeConnection(c, b) {
+    return performAction({
+      button: b,
+      messages: { error: el.connectionsError, status: el.connectionsStatus },
+      path: '/connections/close',
+      body: { private: c.private, id: c.id },
+      success: () => 'Closed the connection from ' + c.client + ' to ' + c.app + '.',
+      failure: 'Could not close the connection from ' + c.client,
+      focusAfter: () => $('connections-title'),
+    });
+  }
+
+  // ---------------------------------------------------------------- who is signed in
+
+  let isAdmin = false;
+  let scopeToken = null;         // a scoped token's own scope, from /list
+  let tokenLabels = new Map();   // token id -> label, from /tokens (the admin's)
+
+  function scopeLimits(t) {
+    return formatCount(num(t.max_apps)) + ' apps, ' + formatCount(num(t.max_conns)) +
+      ' client connections at once';
+  }
+
+  function applyIdentity(data) {
+    isAdmin = data.admin === true;
+    scopeToken = !isAdmin && data.token && typeof data.token === 'object' ? data.token : null;
+    el.tokensSection.hidden = !isAdmin;
+    el.scope.hidden = scopeToken === null;
+    if (isAdmin) {
+      setText(el.whoami, 'Signed in with the admin token');
+    } else if (scopeToken) {
+      const label = String(scopeToken.label);
+      setText(el.whoami, 'Signed in with the token “' + label + '”');
+      setText(el.scopeText, 'The token “' + label + '” (id ' + String(scopeToken.id) + ') may do this:');
+      setText(el.scopePrivates, Array.isArray(scopeToken.privates) ? scopeToken.privates.join(', ') : '–');
+      setText(el.scopePorts, String(scopeToken.ports || '–'));
+      setText(el.scopeLimits, scopeLimits(scopeToken));
+    } else {
+      setText(el.whoami, 'Signed in');
+    }
   }
 
   // The <select> keeps its options (and the user's choice) across polls.
@@ -709,13 +1037,18 @@
     }
   }
 
-  function formError(message, field) {
-    setText(el.regStatus, '');
-    setText(el.regError, message);
+  // A form's error, in its alert line; the field it is about is marked and focused.
+  function showFieldError(errorNode, statusNode, message, field) {
+    if (statusNode) setText(statusNode, '');
+    setText(errorNode, message);
     if (field) {
       setAttr(field, 'aria-invalid', 'true');
       field.focus();
     }
+  }
+
+  function formError(message, field) {
+    showFieldError(el.regError, el.regStatus, message, field);
   }
 
   // Which field an API error is most likely about, so it can be marked and focused.
@@ -729,6 +1062,11 @@
     if (/port/.test(m)) return el.regPublicPort;
     return null;
   }
+
+  // The passive range field belongs to FTP apps only.
+  el.regProtocol.addEventListener('change', () => {
+    el.regFtpField.hidden = el.regProtocol.value !== 'ftp';
+  });
 
   el.regForm.addEventListener('submit', async (ev) => {
     ev.preventDefault();
@@ -763,13 +1101,40 @@
     }
     const body = { name, public_port: publicPort, target_host: host, target_port: targetPort };
     if (el.regPrivate.value) body.private = el.regPrivate.value;
+    if (el.regProtocol.value === 'udp') body.protocol = 'udp';
+    if (el.regProtocol.value === 'ftp') {
+      body.protocol = 'ftp';
+      const range = el.regFtpRange.value.trim();
+      if (range !== '') {
+        if (!/^[0-9]{4,5}-[0-9]{4,5}$/.test(range)) {
+          formError('The FTP passive range must be LOW-HIGH, for example 40000-40099.', el.regFtpRange);
+          return;
+        }
+        body.ftp_passive_ports = range;
+      }
+    }
+    // Allowed clients and the PROXY protocol: the server checks each entry
+    // and says which one is wrong.
+    const allow = el.regAllowFrom.value.split(/[\s,]+/).filter((x) => x !== '');
+    if (allow.length) body.allow_from = allow;
+    if (el.regProxyProtocol.value !== '0') {
+      if (body.protocol) {
+        formError('The PROXY protocol is for TCP apps.', el.regProxyProtocol);
+        return;
+      }
+      body.proxy_protocol = Number(el.regProxyProtocol.value);
+    }
     el.regSubmit.disabled = true;
     try {
       await api('POST', '/register', body);
-      setText(el.regStatus, 'Registered ' + name + ' on public port ' + publicPort + '.');
+      setText(el.regStatus, 'Registered ' + name + ' on public ' +
+        (body.protocol === 'udp' ? 'UDP' : body.protocol === 'ftp' ? 'FTP' : 'TCP') + ' port ' +
+        publicPort + '.');
       el.regName.value = '';
       el.regPublicPort.value = '';
       el.regTargetPort.value = '';
+      el.regAllowFrom.value = '';
+      el.regProxyProtocol.value = '0';
       await refresh();
     } catch (e) {
       if (e.status === 401) {
@@ -782,15 +1147,58 @@
     }
   });
 
-  // ---------------------------------------------------------------- unregister
+  // ---------------------------------------------------------------- actions
 
-  function askConfirm(name, port) {
+  // A section's alert line tells a failed poll or a failed action; a poll that works again
+  // clears only what a poll said there.
+  function pollProblem(node, message) {
+    if (message) {
+      setText(node, message);
+      node.setAttribute('data-from-poll', '');
+    } else if (node.hasAttribute('data-from-poll')) {
+      setText(node, '');
+      node.removeAttribute('data-from-poll');
+    }
+  }
+
+  // One POST from a button of a section: clears the section's messages, disables the button
+  // meanwhile, tells the outcome in the section's status or alert line (the server's words
+  // on failure), refreshes, and keeps the keyboard focus on the button, or when it is gone
+  // (its row went, or it is hidden now) on focusAfter(). Resolves to the answer, or null.
+  async function performAction({ button: b, messages, path, body, success, failure, focusAfter }) {
+    setText(messages.error, '');
+    messages.error.removeAttribute('data-from-poll');
+    setText(messages.status, '');
+    b.disabled = true;
+    try {
+      const answer = await api('POST', path, body);
+      setText(messages.status, success(answer));
+      await refresh();
+      return answer;
+    } catch (e) {
+      if (e.status === 401) {
+        showSignin('The server no longer accepts this token. Sign in again.');
+        return null;
+      }
+      setText(messages.error, failure + ': ' + e.message);
+      return null;
+    } finally {
+      b.disabled = false;
+      if (token !== null) {
+        if (shown(b)) b.focus();
+        else focusAfter().focus();
+      }
+    }
+  }
+
+  // The confirm dialog, for every action that cannot be undone. Resolves to true on OK.
+  function askConfirm({ title, text, ok }) {
     const dlg = el.confirm;
-    setText(el.confirmTitle, 'Unregister ' + name + '?');
-    setText(el.confirmText, 'Public port ' + port + ' stops accepting connections at once. ' +
-      'Connections already open run to their end.');
+    setText(el.confirmTitle, title);
+    setText(el.confirmText, text);
+    setText(el.confirmOk, ok);
     if (typeof dlg.showModal !== 'function') {
-      return Promise.resolve(window.confirm('Unregister ' + name + '?'));
+      return Promise.resolve(window.confirm(title));
     }
     return new Promise((resolve) => {
       const done = () => {
@@ -803,38 +1211,238 @@
     });
   }
 
-  async function confirmUnregister(name, button) {
+  // ---------------------------------------------------------------- unregister
+
+  async function confirmUnregister(name, b) {
     const row = appRows.get(name);
     const port = row ? row.port.textContent : '?';
-    const ok = await askConfirm(name, port);
+    const ok = await askConfirm({
+      title: 'Unregister ' + name + '?',
+      text: 'Public port ' + port + ' stops accepting connections at once. ' +
+        'Connections already open run to their end.',
+      ok: 'Unregister',
+    });
     if (!ok) {
-      if (button.isConnected) button.focus();
+      if (b.isConnected) b.focus();
       return;
     }
-    setText(el.appsError, '');
-    setText(el.appsStatus, '');
-    button.disabled = true;
+    await performAction({
+      button: b,
+      messages: { error: el.appsError, status: el.appsStatus },
+      path: '/unregister',
+      body: { name },
+      success: () => 'Unregistered ' + name + '.',
+      failure: 'Could not unregister ' + name,
+      focusAfter: () => $('apps-title'),
+    });
+  }
+
+  // ---------------------------------------------------------------- tokens (the admin's)
+
+  const tokenRows = new Map();
+
+  function renderTokensAnswer(answer) {
+    if (answer === null) return;           // not the admin: nothing asked
+    if (answer instanceof Error) {
+      pollProblem(el.tokensError, 'Could not read the tokens: ' + answer.message);
+      return;
+    }
+    pollProblem(el.tokensError, '');
+    renderTokens(Array.isArray(answer.tokens) ? answer.tokens : []);
+  }
+
+  function renderTokens(tokens) {
+    const items = tokens.map((t) => ({
+      id: String(t.id),
+      label: String(t.label),
+      privates: Array.isArray(t.privates) ? t.privates.map(String) : [],
+      ports: String(t.ports === undefined ? '' : t.ports),
+      max_apps: num(t.max_apps),
+      max_conns: num(t.max_conns),
+      created: t.created ? String(t.created) : null,
+    }));
+    tokenLabels = new Map(items.map((t) => [t.id, t.label]));
+    // Keyed by label, then id: labels need not be unique.
+    for (const t of items) t.key = t.label + '\n' + t.id;
+    syncRows(el.tokensBody, tokenRows, items, (t) => {
+      const row = headedRow(t.id, 'Label');
+      row.id = cell(row.tr, 'ID', 'mono');
+      row.privates = cell(row.tr, 'Private names', 'mono');
+      row.ports = cell(row.tr, 'Ports', 'mono');
+      row.maxApps = cell(row.tr, 'Max apps', 'num');
+      row.maxConns = cell(row.tr, 'Max conns', 'num');
+      row.created = timeCell(cell(row.tr, 'Created'));
+      row.actions = cell(row.tr, 'Actions', 'actions');
+      row.button = button('Revoke', 'danger small', 'Revoke token ' + t.label,
+        (b) => confirmRevoke(t, b));
+      row.button.title = 'token id ' + t.id;
+      row.actions.appendChild(row.button);
+      return row;
+    }, (row, t) => {
+      setText(row.name, t.label);
+      setText(row.id, t.id);
+      setText(row.privates, t.privates.join(', '));
+      setText(row.ports, t.ports);
+      setText(row.maxApps, formatCount(t.max_apps));
+      setText(row.maxConns, formatCount(t.max_conns));
+      setTime(row.created, t.created, null);
+    });
+    el.tokensEmpty.hidden = items.length !== 0;
+  }
+
+  async function confirmRevoke(t, b) {
+    const ok = await askConfirm({
+      title: 'Revoke the token “' + t.label + '”?',
+      text: 'Its private proxies are disconnected at once and cannot connect again with it. ' +
+        'Its apps stay registered (owner “(revoked)”) and refuse clients until you unregister them.',
+      ok: 'Revoke',
+    });
+    if (!ok) {
+      if (b.isConnected) b.focus();
+      return;
+    }
+    await performAction({
+      button: b,
+      messages: { error: el.tokensError, status: el.tokensStatus },
+      path: '/tokens/revoke',
+      body: { id: t.id },
+      success: (answer) => {
+        const n = num(answer.tunnels_closed);
+        return 'Revoked the token “' + t.label + '”: ' + formatCount(n) +
+          (n === 1 ? ' tunnel' : ' tunnels') + ' closed.';
+      },
+      failure: 'Could not revoke the token “' + t.label + '”',
+      focusAfter: () => $('tokens-title'),
+    });
+  }
+
+  // ------------------------------------------- create a token, and show it once
+
+  const TOKEN_FILE = '~/.config/proxy_private/token';
+
+  // How to start a private proxy with the new token: the token goes into a file, never
+  // onto a command line (other users of a machine can read command lines).
+  function privateCommand(t) {
+    const host = location.hostname.replace(/^\[(.*)\]$/, '$1') || 'HOST';
+    const first = Array.isArray(t.privates) && t.privates.length ? String(t.privates[0]) : 'NAME';
+    const name = first.endsWith('*') ? first.slice(0, -1) + 'NAME' : first;
+    return 'proxy_private ' + host + ' TUNNEL_PORT --token-file ' + TOKEN_FILE + ' --name ' + name;
+  }
+
+  function showCreatedToken(t) {
+    setText(el.tokenCreatedTitle, 'New token for “' + String(t.label) + '”');
+    el.newToken.value = String(t.token);
+    setText(el.tokenSave, 'mkdir -p ~/.config/proxy_private\n(umask 077; cat > ' + TOKEN_FILE + ')\n' +
+      'chmod 600 ' + TOKEN_FILE);
+    setText(el.tokenCommand, privateCommand(t));
+    setText(el.tokenCopyStatus, '');
+    el.tokenCreated.hidden = false;
+    el.newToken.focus();
+    el.newToken.select();
+  }
+
+  // Forgets the shown token (sign-out, or "I have saved it").
+  function hideCreatedToken() {
+    el.newToken.value = '';
+    setText(el.tokenCopyStatus, '');
+    el.tokenCreated.hidden = true;
+  }
+
+  // Copies text; where the Clipboard API is missing (plain HTTP to a public address) or
+  // refused, selects source and copies the selection.
+  async function copyText(text, source, what) {
+    let copied = false;
     try {
-      await api('POST', '/unregister', { name });
-      setText(el.appsStatus, 'Unregistered ' + name + '.');
+      if (navigator.clipboard && window.isSecureContext) {
+        await navigator.clipboard.writeText(text);
+        copied = true;
+      }
+    } catch (e) { /* fall back to the selection */ }
+    if (!copied) {
+      if (source instanceof HTMLInputElement) {
+        source.focus();
+        source.select();
+      } else {
+        const range = document.createRange();
+        range.selectNodeContents(source);
+        const sel = window.getSelection();
+        sel.removeAllRanges();
+        sel.addRange(range);
+      }
+      try { copied = document.execCommand('copy'); } catch (e) { copied = false; }
+    }
+    setText(el.tokenCopyStatus, copied
+      ? what + ' copied to the clipboard.'
+      : 'Could not copy: the ' + what.toLowerCase() + ' is selected, press Ctrl-C (or ⌘-C).');
+  }
+
+  el.copyToken.addEventListener('click', () => copyText(el.newToken.value, el.newToken, 'Token'));
+  el.copyCommand.addEventListener('click', () => copyText(el.tokenCommand.textContent, el.tokenCommand, 'Command'));
+  el.tokenDone.addEventListener('click', () => {
+    hideCreatedToken();
+    $('token-form-title').focus();
+  });
+
+  const tokenFields = [el.tokLabel, el.tokPrivates, el.tokPorts, el.tokMaxApps, el.tokMaxConns];
+
+  // Which field a refusal of POST /tokens is about: the server names it in quotes.
+  function tokenFieldForError(message) {
+    const m = /'(label|privates|ports|max_apps|max_conns)'/.exec(message);
+    if (!m) return null;
+    return { label: el.tokLabel, privates: el.tokPrivates, ports: el.tokPorts,
+      max_apps: el.tokMaxApps, max_conns: el.tokMaxConns }[m[1]];
+  }
+
+  // An optional whole number: undefined when empty, null when not a number.
+  function optionalCount(text) {
+    const t = text.trim();
+    if (t === '') return undefined;
+    return /^[0-9]{1,9}$/.test(t) ? Number(t) : null;
+  }
+
+  el.tokForm.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    for (const input of tokenFields) setAttr(input, 'aria-invalid', 'false');
+    setText(el.tokError, '');
+    setText(el.tokensStatus, '');
+    const fail = (message, field) => showFieldError(el.tokError, null, message, field);
+    const body = {
+      label: el.tokLabel.value.trim(),
+      privates: el.tokPrivates.value.split(',').map((n) => n.trim()).filter((n) => n !== ''),
+      ports: el.tokPorts.value.replace(/\s+/g, ''),
+    };
+    if (body.label === '') return fail('Give the token a label: who it is for.', el.tokLabel);
+    if (body.privates.length === 0) {
+      return fail('Give the names its private proxies may use (comma-separated; alice-* allows every name that starts so).', el.tokPrivates);
+    }
+    if (body.ports === '') return fail('Give the public ports its apps may use, for example 20000-20099.', el.tokPorts);
+    for (const [key, input, what] of [['max_apps', el.tokMaxApps, 'Max apps'], ['max_conns', el.tokMaxConns, 'Max conns']]) {
+      const n = optionalCount(input.value);
+      if (n === null) return fail(what + ' must be a whole number (or empty for the default).', input);
+      if (n !== undefined) body[key] = n;
+    }
+    el.tokSubmit.disabled = true;
+    try {
+      const created = await api('POST', '/tokens', body);
+      for (const input of tokenFields) input.value = '';
+      showCreatedToken(created);
       await refresh();
-      // The row is gone: put the keyboard focus somewhere sensible.
-      if (!button.isConnected) $('apps-title').focus();
     } catch (e) {
       if (e.status === 401) {
         showSignin('The server no longer accepts this token. Sign in again.');
         return;
       }
-      setText(el.appsError, 'Could not unregister ' + name + ': ' + e.message);
-      if (button.isConnected) button.focus();
+      fail('Could not create the token: ' + e.message, tokenFieldForError(e.message));
     } finally {
-      button.disabled = false;
+      el.tokSubmit.disabled = false;
     }
-  }
+  });
 
   // ---------------------------------------------------------------- start
 
-  $('apps-title').tabIndex = -1;
+  for (const id of ['apps-title', 'privates-title', 'connections-title', 'tokens-title', 'token-form-title']) {
+    $(id).tabIndex = -1;
+  }
   const saved = loadToken();
   if (saved) {
     token = saved;

@@ -4,6 +4,7 @@
 'use strict';
 
 const net = require('net');
+const { spawn } = require('child_process');
 const fs = require('fs');
 const os = require('os');
 const path = require('path');
@@ -25,10 +26,20 @@ const WEB_PORT = Number(env('WEB_PORT'));
 const APP_PORT = Number(env('APP_PORT'));
 const OUT_DIR = env('OUT_DIR');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+// Processes that must stay up (a name's PID is set to 0 once it is stopped on purpose), and
+// their logs in OUT_DIR.
 const PIDS = { proxy_public: Number(process.env.PUBLIC_PID || 0), proxy_private: Number(process.env.PRIVATE_PID || 0) };
+const LOGS = { proxy_public: 'public.log', proxy_private: 'private.log', 'proxy_private friend': 'friend.log' };
+// For the second proxy_private, started here with a token created on the page.
+const BIN_DIR = process.env.BIN_DIR || path.join(__dirname, '..', '..');
+const WORK_DIR = process.env.WORK_DIR || os.tmpdir();
+const KNOWN_HOSTS = process.env.KNOWN_HOSTS || path.join(WORK_DIR, 'known_hosts');
+const PRIVATE_ARGS = (process.env.PRIVATE_ARGS || '').split(/\s+/).filter((a) => a !== '');
 const TOTAL_TIMEOUT_MS = Number(process.env.E2E_TIMEOUT || 240) * 1000;
 const WAIT_MS = 15000;     // the longest any single condition is waited for
 const APP = 'web';         // the app registered through the form
+const FRIEND = 'friend';   // label of the scoped token, and name of its private proxy
+const FRIEND_APP = 'friend-app';
 
 // ------------------------------------------------------------------ small helpers
 
@@ -43,7 +54,7 @@ function check(cond, message) {
 function processesAlive() {
   for (const [name, pid] of Object.entries(PIDS)) {
     if (!pid) continue;
-    try { process.kill(pid, 0); } catch (e) { throw new Failure(name + ' (pid ' + pid + ') has exited; see tests/out/browser/' + (name === 'proxy_public' ? 'public' : 'private') + '.log'); }
+    try { process.kill(pid, 0); } catch (e) { throw new Failure(name + ' (pid ' + pid + ') has exited; see tests/out/browser/' + LOGS[name]); }
   }
 }
 
@@ -139,6 +150,49 @@ class Client {
   }
 }
 
+// Whether a TCP connection to port is refused (false: it was accepted).
+function portRefuses(port) {
+  return new Promise((resolve) => {
+    const s = net.connect({ host: '127.0.0.1', port });
+    s.setTimeout(5000, () => { s.destroy(); resolve(false); });
+    s.on('connect', () => { s.destroy(); resolve(false); });
+    s.on('error', (e) => resolve(e.code === 'ECONNREFUSED'));
+  });
+}
+
+// A connection through port that echoes 1000 bytes and ends.
+async function echoThrough(port, what) {
+  const c = new Client(port);
+  await c.connect();
+  await c.write(payload(1000, 7));
+  await c.echoed(what);
+  await c.end();
+}
+
+// The second proxy_private: the scoped token in a file of mode 600 (--token-file), and an
+// app of its own. Its exit status is kept in friend.exit.
+const friend = { token: null, id: null, ports: [], proc: null, exit: null };
+
+function startFriend() {
+  const file = path.join(WORK_DIR, 'friend.token');
+  fs.writeFileSync(file, friend.token + '\n', { mode: 0o600 });
+  fs.chmodSync(file, 0o600);
+  const log = fs.openSync(path.join(OUT_DIR, LOGS['proxy_private friend']), 'w');
+  const args = ['127.0.0.1', String(TUNNEL_PORT), '--token-file', file, '--name', FRIEND,
+    '--known-hosts', KNOWN_HOSTS, '--register', FRIEND_APP + ':' + friend.ports[0] + ':127.0.0.1:' + APP_PORT,
+    ...PRIVATE_ARGS];
+  friend.proc = spawn(path.join(BIN_DIR, 'proxy_private'), args, { stdio: ['ignore', log, log] });
+  fs.closeSync(log);
+  // run.sh stops it should this script be stopped first.
+  fs.appendFileSync(path.join(WORK_DIR, 'extra.pids'), friend.proc.pid + '\n');
+  friend.proc.on('exit', (code, signal) => { friend.exit = { code, signal }; });
+  PIDS['proxy_private friend'] = friend.proc.pid;
+}
+
+function stopFriend() {
+  if (friend.proc && friend.exit === null) friend.proc.kill('SIGTERM');
+}
+
 function payload(n, seed) {
   const b = Buffer.alloc(n);
   for (let i = 0; i < n; i++) b[i] = (i * 31 + seed) & 0xff;
@@ -154,6 +208,23 @@ let userDataDir = null;
 const problems = [];      // console errors, CSP violations, foreign requests
 const sent = { in: 0, out: 0, connections: 0 };
 let serverGone = false;   // set once the test stops proxy_public on purpose
+
+// Console errors, CSP violations and requests to other origins of a tab go to problems.
+function watchPage(p) {
+  const origin = new URL(BASE).origin;
+  p.on('request', (req) => {
+    const u = req.url();
+    if (!u.startsWith('data:') && !u.startsWith('blob:') && new URL(u).origin !== origin) {
+      problems.push('request to another origin: ' + u);
+    }
+  });
+  p.on('pageerror', (e) => problems.push('uncaught error in the page: ' + e.message));
+  p.on('console', (m) => {
+    const t = m.text();
+    if (/Content Security Policy|Refused to/i.test(t)) problems.push('CSP: ' + t);
+    else if (m.type() === 'error' && !/status of (400|401|404|409)/.test(t) && !serverGone) problems.push('console error: ' + t);
+  });
+}
 
 function appRow() { return page.locator('#apps tbody tr[data-name="' + APP + '"]'); }
 
@@ -176,9 +247,12 @@ async function registerViaForm(fields) {
   const form = page.locator('#register-form');
   await form.getByLabel('Name', { exact: true }).fill(fields.name);
   await form.getByLabel('Public port', { exact: true }).fill(String(fields.public_port));
+  await form.getByLabel('Protocol', { exact: true }).selectOption(fields.protocol || 'tcp');
   await form.getByLabel('Target host', { exact: true }).fill(fields.target_host);
   await form.getByLabel('Target port', { exact: true }).fill(String(fields.target_port));
   await form.getByLabel('Private', { exact: true }).selectOption(fields.private);
+  if (fields.allow_from) await form.getByLabel('Allowed clients', { exact: true }).fill(fields.allow_from);
+  if (fields.proxy_protocol) await form.getByLabel('PROXY protocol', { exact: true }).selectOption(String(fields.proxy_protocol));
   await page.getByRole('button', { name: 'Register', exact: true }).click();
 }
 
@@ -228,20 +302,9 @@ const steps = [
       timeout: 30000,
     });
     context.setDefaultTimeout(WAIT_MS);
+    await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: new URL(BASE).origin });
     page = context.pages()[0] || await context.newPage();
-    const origin = new URL(BASE).origin;
-    page.on('request', (req) => {
-      const u = req.url();
-      if (!u.startsWith('data:') && !u.startsWith('blob:') && new URL(u).origin !== origin) {
-        problems.push('request to another origin: ' + u);
-      }
-    });
-    page.on('pageerror', (e) => problems.push('uncaught error in the page: ' + e.message));
-    page.on('console', (m) => {
-      const t = m.text();
-      if (/Content Security Policy|Refused to/i.test(t)) problems.push('CSP: ' + t);
-      else if (m.type() === 'error' && !/status of (400|401|404|409)/.test(t) && !serverGone) problems.push('console error: ' + t);
-    });
+    watchPage(page);
     await page.goto(BASE + '/', { waitUntil: 'load' });
     await page.getByLabel('Token', { exact: true }).waitFor({ state: 'visible' });
     check(await page.getByLabel('Token', { exact: true }).getAttribute('type') === 'password', 'the token field is not a password field');
@@ -306,6 +369,53 @@ const steps = [
     check(app && app.public_port === port && app.target_port === APP_PORT && app.private === 'home',
       'GET /list does not have the app as registered: ' + JSON.stringify(app));
     check((await page.getByLabel('Name', { exact: true }).inputValue()) === '', 'the form was not cleared after success');
+  }],
+
+  ['a UDP app registered through the form shows its protocol', async () => {
+    const port = await freePort();
+    const name = APP + '-udp';
+    await registerViaForm({ name, public_port: port, target_host: '127.0.0.1', target_port: 53, private: 'home', protocol: 'udp' });
+    const row = page.locator('#apps tbody tr[data-name="' + name + '"]');
+    await row.waitFor({ state: 'visible' });
+    await waitFor('the UDP app row says UDP', async () => (await row.locator('td[data-label="Protocol"]').textContent()) === 'UDP');
+    check((await appRow().locator('td[data-label="Protocol"]').textContent()) === 'TCP', 'the TCP app row does not say TCP');
+    const app = (await list()).apps.find((a) => a.name === name);
+    check(app && app.protocol === 'udp' && app.public_port === port && app.active_sessions === 0,
+      'GET /list does not have the UDP app as registered: ' + JSON.stringify(app));
+    const r = await apiRaw('POST', '/unregister', { name });
+    check(r.status === 200, 'unregistering the UDP app answered ' + r.status);
+    await row.waitFor({ state: 'detached' });
+  }],
+
+  ['allowed clients and the PROXY protocol given in the form reach the server', async () => {
+    const port = await freePort();
+    const name = APP + '-pp';
+    await registerViaForm({ name, public_port: port, target_host: '::1', target_port: 8443, private: 'home',
+      allow_from: '192.0.2.0/24, 2001:db8::/32', proxy_protocol: 2 });
+    const row = page.locator('#apps tbody tr[data-name="' + name + '"]');
+    await row.waitFor({ state: 'visible' });
+    const app = (await list()).apps.find((a) => a.name === name);
+    check(app && app.proxy_protocol === 2 && JSON.stringify(app.allow_from) === '["192.0.2.0/24","2001:db8::/32"]' &&
+      app.target_host === '::1', 'GET /list does not have the app as registered: ' + JSON.stringify(app));
+    const r = await apiRaw('POST', '/unregister', { name });
+    check(r.status === 200, 'unregistering the app answered ' + r.status);
+    await row.waitFor({ state: 'detached' });
+  }],
+
+  ['an FTP app registered through the form shows its mode', async () => {
+    const port = await freePort();
+    const name = APP + '-ftp';
+    await registerViaForm({ name, public_port: port, target_host: '127.0.0.1', target_port: 21, private: 'home', protocol: 'ftp' });
+    const row = page.locator('#apps tbody tr[data-name="' + name + '"]');
+    await row.waitFor({ state: 'visible' });
+    await waitFor('the FTP app row says FTP (rewrite)', async () => (await row.locator('td[data-label="Protocol"]').textContent()) === 'FTP (rewrite)');
+    await waitFor('the FTP app row counts control / data', async () => (await row.locator('td[data-label="Active"]').textContent()) === '0 / 0');
+    const app = (await list()).apps.find((a) => a.name === name);
+    check(app && app.protocol === 'ftp' && app.ftp_mode === 'rewrite' && app.total_data_connections === 0,
+      'GET /list does not have the FTP app as registered: ' + JSON.stringify(app));
+    const r = await apiRaw('POST', '/unregister', { name });
+    check(r.status === 200, 'unregistering the FTP app answered ' + r.status);
+    await row.waitFor({ state: 'detached' });
   }],
 
   ['refreshes keep focus, typed text, scroll position and the row elements', async () => {
@@ -411,6 +521,290 @@ const steps = [
       'on a phone, the public port is not exposed as a table cell');
     await page.getByRole('button', { name: 'Unregister ' + APP, exact: true }).waitFor({ state: 'visible' });
     await page.setViewportSize({ width: 1280, height: 900 });
+  }],
+
+  ['a connection held open shows in Connections with its client address; Close ends it', async () => {
+    const held = new Client(sent.publicPort);
+    await held.connect();
+    await held.write(payload(1000, 3));
+    await held.echoed('held connection');
+    const client = '127.0.0.1:' + held.sock.localPort;
+    const row = page.locator('#connections tbody tr').filter({ hasText: client });
+    await waitFor('the connection from ' + client + ' in the Connections table', async () => (await row.count()) === 1);
+    check((await row.getByRole('rowheader').textContent()) === APP, 'the connection row does not name app ' + APP);
+    check((await row.locator('td[data-label="Private"]').textContent()) === 'home', 'the connection row does not name private home');
+    check((await row.locator('td[data-label="Client"]').textContent()) === client, 'the connection row does not show client ' + client);
+    const since = await row.locator('time').getAttribute('datetime');
+    check(since && !Number.isNaN(Date.parse(since)), 'the connection row has no "since" time (datetime "' + since + '")');
+    await waitFor('bytes in and out = 1000 on the connection row', async () =>
+      (await row.locator('td[data-label="Bytes in"]').getAttribute('data-value')) === '1000' &&
+      (await row.locator('td[data-label="Bytes out"]').getAttribute('data-value')) === '1000');
+    const api = await apiRaw('GET', '/connections');
+    check(api.status === 200 && api.json.connections.some((c) => c.client === client && c.app === APP),
+      'GET /connections does not list ' + client + ': ' + api.text.slice(0, 300));
+    await page.getByRole('button', { name: 'Close the connection from ' + client + ' to ' + APP, exact: true }).click();
+    await waitFor('the client\'s socket to be closed by the server', () => held.closed);
+    await row.waitFor({ state: 'detached' });
+    await page.locator('#connections-status').getByText('Closed the connection from ' + client).waitFor({ state: 'visible' });
+    check(await page.locator('#connections-empty').isVisible(), 'the Connections table does not say that nobody is connected');
+    // A cut list (the server lists at most 1000): the page says how many there are in all.
+    const cut = { private: 'home', id: 999999, app: APP, client: '127.0.0.1:1', since: new Date().toISOString(), bytes_in: 0, bytes_out: 0 };
+    await page.route('**/connections', (route) => (route.request().method() === 'GET'
+      ? route.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify({ connections: [cut], total: 1500, truncated: true }) })
+      : route.continue()));
+    const note = page.locator('#connections-truncated');
+    try {
+      await waitFor('"Showing the first 1 of 1,500" under the Connections table', async () =>
+        (await note.isVisible()) && (await note.textContent()) === 'Showing the first 1 of 1,500 open connections.');
+    } finally {
+      await page.unroute('**/connections');
+    }
+    await waitFor('the note gone with the real answer again', async () => (await note.isHidden()) &&
+      (await page.locator('#connections tbody tr').count()) === 0);
+  }],
+
+  ['Disable from the page: the app shows "disabled" and its port refuses; Enable: it accepts again', async () => {
+    const port = sent.publicPort;
+    const state = appRow().locator('td[data-label="State"] .badge');
+    await page.getByRole('button', { name: 'Disable ' + APP, exact: true }).click();
+    await waitFor('the app shown "disabled"', async () => (await state.textContent()) === 'disabled');
+    check(/badge-disabled/.test(await state.getAttribute('class')), 'the disabled badge does not look distinct');
+    await waitFor('public port ' + port + ' to refuse connections', () => portRefuses(port));
+    const app = (await list()).apps.find((a) => a.name === APP);
+    check(app.disabled === true && app.online === false, 'GET /list does not say the app is disabled: ' + JSON.stringify(app));
+    const enable = page.getByRole('button', { name: 'Enable ' + APP, exact: true });
+    await enable.waitFor({ state: 'visible' });
+    const focused = await page.evaluate(() => document.activeElement && document.activeElement.getAttribute('aria-label'));
+    check(focused === 'Enable ' + APP, 'the focus is on "' + focused + '", not on the toggled button');
+    await page.getByText('Disabled ' + APP + ': public port ' + port).waitFor({ state: 'visible' });
+    await enable.click();
+    await waitFor('the app shown online again', async () => (await state.textContent()) === 'online');
+    await waitFor('public port ' + port + ' to accept again', async () => !(await portRefuses(port)));
+    await echoThrough(port, 'a connection after Enable');
+  }],
+
+  ['Kick "home" (refuse for: just disconnect): it is disconnected and comes back by itself', async () => {
+    const row = page.locator('#privates tbody tr[data-name="home"]');
+    const before = (await list()).privates.find((p) => p.name === 'home');
+    check(before && before.online, 'home is not online before the kick');
+    const addressBefore = await row.locator('td[data-label="Address"]').textContent();
+    // Every state the badge shows, also between two checks of this script.
+    await page.evaluate(() => {
+      const badge = document.querySelector('#privates tbody tr[data-name="home"] .badge');
+      window.__homeStates = [badge.textContent];
+      new MutationObserver(() => window.__homeStates.push(badge.textContent))
+        .observe(badge, { childList: true, characterData: true, subtree: true });
+    });
+    const choice = page.getByLabel('Refuse home for', { exact: true });
+    check(await choice.inputValue() === '0', 'the "Refuse for" choice does not start at "just disconnect"');
+    await page.getByRole('button', { name: 'Kick home', exact: true }).click();
+    await page.getByText('Kicked home; it may come back at once.').waitFor({ state: 'visible' });
+    await waitFor('home back online through a new tunnel (another address on the page)', async () => {
+      const p = (await list()).privates.find((x) => x.name === 'home');
+      return p.online && p.reconnects === before.reconnects + 1 &&
+        /online/.test(await row.locator('.badge').textContent()) &&
+        (await row.locator('td[data-label="Address"]').textContent()) !== addressBefore;
+    });
+    check(/ev=refused|kicked|disconnected_by_admin/.test(fs.readFileSync(path.join(OUT_DIR, 'private.log'), 'utf8')),
+      'private.log does not tell the kick');
+    const seen = await page.evaluate(() => window.__homeStates);
+    console.log('     (the page showed home: ' + seen.filter((t, i) => i === 0 || seen[i - 1] !== t).join(' → ') + ')');
+    await waitFor('app ' + APP + ' online again', async () => /online/.test(await appRow().locator('td[data-label="State"]').textContent()));
+    await echoThrough(sent.publicPort, 'a connection after the kick');
+  }],
+
+  ['Tokens: a bad field is refused in the server\'s words; a new token is shown once, in a box, with a copy button and a --token-file command', async () => {
+    const form = page.locator('#token-form');
+    check(await page.locator('#tokens-section').isVisible(), 'the admin does not see the Tokens part');
+    friend.ports = [await freePort(), await freePort()];
+    const fill = async (ports) => {
+      await form.getByLabel('Label', { exact: true }).fill(FRIEND);
+      await form.getByLabel('Private names', { exact: true }).fill(FRIEND);
+      await form.getByLabel('Ports', { exact: true }).fill(ports);
+      await form.getByLabel('Max apps', { exact: true }).fill('2');
+      await form.getByLabel('Max conns', { exact: true }).fill('5');
+      await page.getByRole('button', { name: 'Create token', exact: true }).click();
+    };
+    const direct = await apiRaw('POST', '/tokens', { label: FRIEND, privates: [FRIEND], ports: 'lots' });
+    check(direct.status === 400 && direct.json && direct.json.error, 'POST /tokens with ports "lots" answered ' + direct.status);
+    await fill('lots');
+    const alert = page.locator('#token-form-error');
+    await waitFor('the server\'s words about the ports', async () =>
+      (await alert.textContent()).includes(direct.json.error.trim().replace(/\.$/, '')));
+    check(await form.getByLabel('Ports', { exact: true }).getAttribute('aria-invalid') === 'true', 'the ports field is not marked invalid');
+    check(await page.evaluate(() => document.activeElement.id) === 'tok-ports', 'the focus is not on the ports field');
+    check((await apiRaw('GET', '/tokens')).json.tokens.length === 0, 'a refused token was created');
+
+    await fill(friend.ports.join(','));
+    const box = page.locator('#token-created');
+    await box.waitFor({ state: 'visible' });
+    const field = box.getByLabel('New token', { exact: true });
+    friend.token = await field.inputValue();
+    check(/^[0-9a-f]{64}$/.test(friend.token), 'the box does not show a token of 64 hex digits: "' + friend.token + '"');
+    check(await page.evaluate(() => document.activeElement.id) === 'new-token', 'the focus did not move to the new token');
+    const boxText = (await box.textContent()).replace(/\s+/g, ' ');
+    check(/will not be shown again/.test(boxText), 'the box does not say the token will not be shown again');
+    check(/chmod 600/.test(boxText), 'the box does not say chmod 600');
+    const command = await box.locator('#token-command').textContent();
+    check(command === 'proxy_private 127.0.0.1 TUNNEL_PORT --token-file ~/.config/proxy_private/token --name ' + FRIEND,
+      'the command line in the box is "' + command + '"');
+    check(!(await box.locator('pre').allTextContents()).join('\n').includes(friend.token), 'the token is on a command line of the box');
+    await box.getByRole('button', { name: 'Copy token', exact: true }).click();
+    await box.getByText('Token copied to the clipboard.').waitFor({ state: 'visible' });
+    const clip = await page.evaluate(() => navigator.clipboard.readText());
+    check(clip === friend.token, 'the clipboard holds "' + clip + '", not the token');
+    // Listed, without the token.
+    const row = page.locator('#tokens tbody tr').filter({ has: page.getByRole('rowheader', { name: FRIEND, exact: true }) });
+    await waitFor('the token listed in the Tokens table', async () => (await row.count()) === 1);
+    const listed = (await apiRaw('GET', '/tokens')).json.tokens;
+    check(listed.length === 1 && listed[0].label === FRIEND && listed[0].token === undefined, 'GET /tokens: ' + JSON.stringify(listed));
+    friend.id = listed[0].id;
+    check((await row.locator('td[data-label="ID"]').textContent()) === friend.id, 'the token row does not show its id');
+    check((await row.locator('td[data-label="Ports"]').textContent()) === friend.ports.join(','), 'the token row does not show its ports');
+    check((await row.locator('td[data-label="Private names"]').textContent()) === FRIEND, 'the token row does not show its private names');
+    check((await row.locator('td[data-label="Max apps"]').textContent()) === '2' &&
+      (await row.locator('td[data-label="Max conns"]').textContent()) === '5', 'the token row does not show its limits');
+    check(!Number.isNaN(Date.parse(await row.locator('time').getAttribute('datetime'))), 'the token row has no creation time');
+    check(!(await page.locator('#tokens').textContent()).includes(friend.token), 'the token itself is in the Tokens table');
+    // The token works on the API, within its scope.
+    const mine = await apiRaw('GET', '/list', undefined, friend.token);
+    check(mine.status === 200 && mine.json.admin === false && mine.json.token && mine.json.token.label === FRIEND,
+      'GET /list with the new token answered ' + mine.status + ' ' + mine.text.slice(0, 300));
+    check(mine.json.apps.length === 0, 'the new token sees apps that are not its own: ' + JSON.stringify(mine.json.apps));
+    check((await apiRaw('GET', '/tokens', undefined, friend.token)).status === 403, 'the new token may list tokens');
+  }],
+
+  ['a proxy_private started with that token (--token-file) comes online; its app shows its owner', async () => {
+    startFriend();
+    const prow = page.locator('#privates tbody tr[data-name="' + FRIEND + '"]');
+    await waitFor('private ' + FRIEND + ' shown online', async () => (await prow.count()) === 1 &&
+      /online/.test(await prow.locator('.badge').textContent()));
+    check((await prow.locator('td[data-label="Token"]').textContent()) === FRIEND, 'the private row does not show its token\'s label');
+    check((await page.locator('#privates tbody tr[data-name="home"] td[data-label="Token"]').textContent()) === 'admin',
+      'the private row of home does not say the admin token');
+    const arow = page.locator('#apps tbody tr[data-name="' + FRIEND_APP + '"]');
+    await waitFor('app ' + FRIEND_APP + ' shown online', async () => (await arow.count()) === 1 &&
+      /online/.test(await arow.locator('td[data-label="State"]').textContent()));
+    check((await arow.locator('td[data-label="Owner"]').textContent()) === FRIEND, 'the app row does not show its owner');
+    check((await appRow().locator('td[data-label="Owner"]').textContent()) === 'admin', 'the admin\'s app does not say owner admin');
+    await echoThrough(friend.ports[0], 'a connection through the scoped token\'s app');
+  }],
+
+  ['the new parts on a phone-sized screen: no sideways scrolling, Kick and the token box usable', async () => {
+    await page.setViewportSize({ width: 390, height: 844 });
+    try {
+      await waitPolls(1);
+      const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+      await page.screenshot({ path: path.join(OUT_DIR, 'tokens-phone.png'), fullPage: true });
+      check(overflow <= 0, 'with the token box and the new columns the page is ' + overflow + ' px wider than a 390 px phone screen');
+      await page.getByRole('button', { name: 'Kick ' + FRIEND, exact: true }).waitFor({ state: 'visible' });
+      await page.getByRole('button', { name: 'Copy token', exact: true }).waitFor({ state: 'visible' });
+    } finally {
+      await page.setViewportSize({ width: 1280, height: 900 });
+    }
+    await waitPolls(1);
+    const wide = await page.evaluate(() => Array.from(document.querySelectorAll('.table-wrap'))
+      .filter((w) => w.scrollWidth > w.clientWidth).map((w) => w.firstElementChild.id + ' by ' + (w.scrollWidth - w.clientWidth) + ' px'));
+    check(wide.length === 0, 'at 1280 px, tables wider than their card: ' + wide.join(', '));
+    await page.screenshot({ path: path.join(OUT_DIR, 'tokens.png'), fullPage: true });
+    await page.getByRole('button', { name: 'I have saved it: hide the token', exact: true }).click();
+    await page.locator('#token-created').waitFor({ state: 'hidden' });
+    check(await page.locator('#new-token').inputValue() === '', 'the hidden box still holds the token');
+    check(!(await page.content()).includes(friend.token), 'the token is still in the page');
+  }],
+
+  ['signed in with the scoped token (another tab): its scope shown, no Tokens part, only its apps, privates and connections', async () => {
+    const heldAdmin = new Client(sent.publicPort);
+    const heldFriend = new Client(friend.ports[0]);
+    const tab = await context.newPage();
+    watchPage(tab);
+    try {
+      for (const c of [heldAdmin, heldFriend]) {
+        await c.connect();
+        await c.write(payload(100, 5));
+        await c.echoed('a held connection');
+      }
+      await tab.goto(BASE + '/', { waitUntil: 'load' });
+      const field = tab.getByLabel('Token', { exact: true });
+      await field.fill(friend.token);
+      await field.press('Enter');
+      await tab.locator('#dashboard').waitFor({ state: 'visible' });
+      await waitFor('the header to name the token', async () => /Signed in with the token “friend”/.test(await tab.locator('#whoami').textContent()));
+      const scope = tab.locator('#scope');
+      check(await scope.isVisible(), 'the scope of the token is not shown');
+      check((await tab.locator('#scope-ports').textContent()) === friend.ports.join(','), 'the scope does not show its ports');
+      check((await tab.locator('#scope-privates').textContent()) === FRIEND, 'the scope does not show its private names');
+      check(/2 apps, 5 client connections/.test(await tab.locator('#scope-limits').textContent()), 'the scope does not show its limits');
+      check(await tab.locator('#tokens-section').isHidden(), 'a scoped token sees the Tokens part');
+      await waitFor('only its app in the Apps table', async () => {
+        const names = await tab.locator('#apps tbody tr').evaluateAll((rows) => rows.map((r) => r.dataset.name));
+        return names.length === 1 && names[0] === FRIEND_APP;
+      });
+      const privates = await tab.locator('#privates tbody tr').evaluateAll((rows) => rows.map((r) => r.dataset.name));
+      check(privates.length === 1 && privates[0] === FRIEND, 'a scoped token sees the privates ' + JSON.stringify(privates));
+      const mine = '127.0.0.1:' + heldFriend.sock.localPort;
+      await waitFor('its connection in its Connections table', async () =>
+        (await tab.locator('#connections tbody tr').filter({ hasText: mine }).count()) === 1);
+      check(await tab.locator('#connections tbody tr').count() === 1, 'a scoped token sees other apps\' connections');
+      check(await tab.getByRole('button', { name: 'Kick ' + FRIEND, exact: true }).isVisible(), 'a scoped token cannot kick its own private');
+      const opts = await tab.getByLabel('Private', { exact: true }).locator('option').allTextContents();
+      check(opts.length === 1 && opts[0].trim() === FRIEND, 'the register form offers the privates ' + JSON.stringify(opts));
+      await tab.screenshot({ path: path.join(OUT_DIR, 'scoped.png'), fullPage: true });
+      // The admin's tab sees both connections meanwhile.
+      await waitFor('both held connections on the admin\'s page', async () => (await page.locator('#connections tbody tr').count()) === 2);
+    } finally {
+      await tab.close();
+      for (const c of [heldAdmin, heldFriend]) if (c.sock && !c.closed) await c.end();
+    }
+  }],
+
+  ['Kick "friend" for 1 min: offline, "refused for N s"; "Let in now" lets it back', async () => {
+    const row = page.locator('#privates tbody tr[data-name="' + FRIEND + '"]');
+    const badge = row.locator('.badge');
+    await page.getByLabel('Refuse ' + FRIEND + ' for', { exact: true }).selectOption({ label: '1 min' });
+    await page.getByRole('button', { name: 'Kick ' + FRIEND, exact: true }).click();
+    await page.getByText('Kicked ' + FRIEND + '; it is refused for 1 min.').waitFor({ state: 'visible' });
+    await waitFor('"refused for N s" (N from 1 to 60) on the page', async () => {
+      const m = /^refused for ([0-9]+) s$/.exec(await badge.textContent());
+      return m && Number(m[1]) >= 1 && Number(m[1]) <= 60;
+    });
+    check(/badge-refused/.test(await badge.getAttribute('class')), 'the refused badge does not look distinct');
+    const p = (await list()).privates.find((x) => x.name === FRIEND);
+    check(p.online === false && p.refused_for > 0 && p.refused_for <= 60, 'GET /list: ' + JSON.stringify(p));
+    const letIn = page.getByRole('button', { name: 'Let ' + FRIEND + ' in now', exact: true });
+    await letIn.waitFor({ state: 'visible' });
+    check(await page.evaluate(() => document.activeElement && document.activeElement.getAttribute('aria-label')) === 'Let ' + FRIEND + ' in now',
+      'the focus did not move to "Let in now" when the Kick button went');
+    check(await page.getByRole('button', { name: 'Kick ' + FRIEND, exact: true }).isHidden(), 'an offline private still offers Kick');
+    check(friend.exit === null, 'proxy_private friend exited after a kick: ' + JSON.stringify(friend.exit));
+    await letIn.click();
+    // It retries with its backoff: 1 s, 2 s, 4 s (and up to half more).
+    await waitFor(FRIEND + ' back online', async () => /^online$/.test(await badge.textContent()), 20000);
+    await letIn.waitFor({ state: 'hidden' });
+  }],
+
+  ['Revoke the token from the page: asks first, says tunnels_closed, its private is turned away for good', async () => {
+    const row = page.locator('#tokens tbody tr[data-name="' + friend.id + '"]');
+    await page.getByRole('button', { name: 'Revoke token ' + FRIEND, exact: true }).click();
+    const dialog = page.getByRole('dialog');
+    await dialog.waitFor({ state: 'visible' });
+    check((await dialog.textContent()).includes(FRIEND), 'the confirmation does not name the token');
+    await page.screenshot({ path: path.join(OUT_DIR, 'revoke-confirm.png') });
+    PIDS['proxy_private friend'] = 0;    // it is to exit now
+    await dialog.getByRole('button', { name: 'Revoke', exact: true }).click();
+    await page.getByText('Revoked the token “' + FRIEND + '”: 1 tunnel closed.').waitFor({ state: 'visible' });
+    await row.waitFor({ state: 'detached' });
+    check(await page.evaluate(() => document.activeElement && document.activeElement.id) === 'tokens-title',
+      'the focus is not on the Tokens title after its row went');
+    await waitFor('proxy_private friend to exit (its token is revoked)', () => friend.exit !== null);
+    check(friend.exit.code === 3, 'proxy_private friend exited with ' + JSON.stringify(friend.exit) + ', not code 3');
+    const arow = page.locator('#apps tbody tr[data-name="' + FRIEND_APP + '"]');
+    await waitFor('its app shown with the owner "(revoked)", offline', async () =>
+      (await arow.locator('td[data-label="Owner"]').textContent()) === '(revoked)' &&
+      /offline/.test(await arow.locator('td[data-label="State"]').textContent()));
+    check((await apiRaw('GET', '/list', undefined, friend.token)).status === 401, 'the revoked token still works on the API');
+    check((await apiRaw('POST', '/unregister', { name: FRIEND_APP })).status === 200, 'could not unregister ' + FRIEND_APP);
+    await arow.waitFor({ state: 'detached' });
   }],
 
   ['a public port of 70000 is refused beside the form', async () => {
@@ -538,6 +932,7 @@ async function main() {
 }
 
 async function closeBrowser() {
+  stopFriend();
   if (context) {
     try { await Promise.race([context.close(), sleep(10000)]); } catch (e) { /* already gone */ }
   }

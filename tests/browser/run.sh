@@ -74,6 +74,11 @@ pids=""
 cleanup() {
     status=$?
     trap - EXIT INT TERM
+    # proxy_private processes the browser script started (it stops them itself, unless it
+    # was stopped first).
+    if [ -s "$work/extra.pids" ]; then
+        pids="$pids $(cat "$work/extra.pids")"
+    fi
     for pid in $pids; do
         kill -TERM "$pid" 2>/dev/null || true
     done
@@ -93,7 +98,7 @@ cleanup() {
         wait "$pid" 2>/dev/null || true
     done
     if [ "$status" -ne 0 ]; then
-        for log in public private app; do
+        for log in public private app friend; do
             if [ -s "$out/$log.log" ]; then
                 say "last lines of $log.log:"
                 tail -n 20 "$out/$log.log" | sed 's/^/    /'
@@ -142,9 +147,13 @@ pids="$pids $private_pid"
 # ------------------------------------------------------------------ the browser script
 # The script waits (bounded) for the web port and for the private side to be online.
 set +e
+# It starts a second proxy_private itself, with a token it creates on the page: from
+# BIN_DIR, with the same flags, the same known-hosts file, its PID in extra.pids.
 WEB_URL="http://127.0.0.1:$web_port" TOKEN="$token" TUNNEL_PORT="$tunnel_port" \
 WEB_PORT="$web_port" APP_PORT="$app_port" PUBLIC_PID="$public_pid" PRIVATE_PID="$private_pid" \
 OUT_DIR="$out" CHROMIUM="$CHROMIUM" E2E_TIMEOUT="$E2E_TIMEOUT" \
+BIN_DIR="$BIN_DIR" WORK_DIR="$work" KNOWN_HOSTS="$work/known_hosts" \
+PRIVATE_ARGS="$COMMON_ARGS $PROXY_EXTRA_ARGS $PRIVATE_FLAGS" \
     node "$here/e2e.js" &
 e2e_pid=$!
 pids="$e2e_pid $pids"

@@ -4,7 +4,7 @@ Each server listens on 127.0.0.1 on a port chosen by the kernel, serves every
 connection in its own daemon thread, and records what it saw so that a test can
 check it.  They can also run on their own:
 
-    python3 tests/helpers/apps.py echo|sink|source|flood [--port N]
+    python3 tests/helpers/apps.py echo|sink|source|flood|greet|udp-echo [--port N]
 
 prints "port=N" on stdout and serves until killed.
 """
@@ -38,7 +38,8 @@ class AppServer:
     """Base: listening socket + accept thread + one thread per connection."""
 
     def __init__(self, host="127.0.0.1", port=0):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET  # "::1": IPv6
+        self.sock = socket.socket(fam, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, port))
         self.sock.listen(1024)
@@ -195,13 +196,77 @@ class FloodServer(AppServer):
             off = (off + n) % len(self.block)
 
 
+class UdpServer:
+    """A UDP app: one socket, one thread; reply(data, peer) says what to send
+    back (a list of datagrams). Records what it saw per peer."""
+
+    def __init__(self, host="127.0.0.1", port=0):
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(fam, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.sock.bind((host, port))
+        self.port = self.sock.getsockname()[1]
+        self.lock = threading.Lock()
+        self.received = 0
+        self.bytes = 0
+        self.peers = {}
+        self._closed = False
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self):
+        while True:
+            try:
+                data, peer = self.sock.recvfrom(70000)
+            except OSError:
+                return
+            if peer is None:  # shut down by close()
+                return
+            with self.lock:
+                self.received += 1
+                self.bytes += len(data)
+                self.peers[peer] = self.peers.get(peer, 0) + 1
+            for d in self.reply(data, peer):
+                try:
+                    self.sock.sendto(d, peer)
+                except OSError:
+                    pass
+
+    def reply(self, data, peer):
+        return []
+
+    def send_to(self, data, peer):
+        self.sock.sendto(data, peer)
+
+    def close(self):
+        if not self._closed:
+            self._closed = True
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)  # wakes recvfrom()
+            except OSError:
+                pass
+            self.sock.close()
+
+
+class UdpEchoServer(UdpServer):
+    """Answers each datagram with its bytes reversed (so an answer is never
+    the request looped back by mistake)."""
+
+    def reply(self, data, peer):
+        return [data[::-1]]
+
+
+class UdpSinkServer(UdpServer):
+    """Counts datagrams, answers nothing."""
+
+
 SERVERS = {"echo": EchoServer, "sink": SinkServer, "source": SourceServer,
-           "flood": FloodServer, "greet": GreetThenReadServer}
+           "flood": FloodServer, "greet": GreetThenReadServer, "udp-echo": UdpEchoServer}
 
 
 def main(argv):
     if len(argv) < 2 or argv[1] not in SERVERS:
-        sys.stderr.write("usage: apps.py echo|sink|source|flood|greet [--port N]\n")
+        sys.stderr.write("usage: apps.py echo|sink|source|flood|greet|udp-echo [--port N]\n")
         return 2
     port = 0
     if len(argv) >= 4 and argv[2] == "--port":

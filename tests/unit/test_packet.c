@@ -251,6 +251,20 @@ static const struct example {
     {OP_ACK, "{\"op\":8,\"conn\":1,\"bytes\":21}", 0},
     {OP_SHUTDOWN, "{\"op\":9,\"conn\":1}", 0},
     {OP_CLOSE, "{\"op\":10,\"conn\":1,\"reason\":\"done\"}", 0},
+    {OP_RESUME, "{\"op\":11,\"conns\":[[1,4096,4000,3]],\"last\":true}", 0},
+    {OP_UDP_DATA, "{\"op\":12,\"session\":1,\"len\":36}", 36},
+    {OP_UDP_CLOSE, "{\"op\":13,\"session\":1,\"reason\":\"idle\"}", 0},
+    {OP_FTP_OPEN, "{\"op\":14,\"conn\":1,\"req\":1,\"mode\":\"active\",\"port\":40001,"
+                  "\"host\":\"203.0.113.7\"}", 0},
+    {OP_FTP_OPENED, "{\"op\":15,\"conn\":1,\"req\":1,\"ok\":true,\"host\":\"198.51.100.1\","
+                    "\"port\":30001}", 0},
+    {OP_FTP_CONNECT, "{\"op\":16,\"conn\":1,\"req\":1,\"host\":\"203.0.113.7\",\"port\":40001}",
+     0},
+    {OP_FTP_TLS, "{\"op\":17,\"conn\":1}", 0},
+    {OP_APPS, "{\"op\":18,\"unregister\":[\"old\"],\"register\":[{\"name\":\"dns\","
+              "\"public_port\":5353,\"target_host\":\"127.0.0.1\",\"target_port\":53,"
+              "\"protocol\":\"udp\"}]}", 0},
+    {OP_APPS_RESULT, "{\"op\":19,\"apps\":[{\"name\":\"dns\",\"ok\":true}]}", 0},
 };
 #define NEXAMPLES (sizeof(examples) / sizeof(examples[0]))
 
@@ -259,12 +273,16 @@ static const struct example {
 static void test_op_names(void)
 {
     static const char *names[] = {NULL,   "HELLO", "WELCOME",  "ERROR",    "PING", "BUILD_CONNECTION",
-                                  "CONNECTED", "DATA", "ACK", "SHUTDOWN", "CLOSE"};
-    static const int bad[] = {0, 11, -1, 12, 100, INT_MIN, INT_MAX};
+                                  "CONNECTED", "DATA", "ACK", "SHUTDOWN", "CLOSE", "RESUME",
+                                  "UDP_DATA", "UDP_CLOSE", "FTP_OPEN", "FTP_OPENED",
+                                  "FTP_CONNECT", "FTP_TLS", "APPS", "APPS_RESULT"};
+    static const int bad[] = {0, -1, 20, 21, 100, INT_MIN, INT_MAX};
 
-    CHECK(OP_MAX_CODE == 10, "OP_MAX_CODE is %d", OP_MAX_CODE);
+    CHECK(OP_MAX_CODE == 19, "OP_MAX_CODE is %d", OP_MAX_CODE);
     for (int op = 1; op <= OP_MAX_CODE; op++) {
         const char *n = op_name(op), *d = op_description(op);
+        if (!names[op])
+            continue; /* not given out (yet) */
         CHECK(n && strcmp(n, names[op]) == 0, "op_name(%d) = %s", op, n ? n : "NULL");
         CHECK(d && strlen(d) > 5, "op_description(%d) = %s", op, d ? d : "NULL");
     }
@@ -364,7 +382,8 @@ static void test_roundtrip(void)
             CHECK(p.op == e->op, "op %d parsed as %d", e->op, p.op);
             CHECK(flen == (size_t)n + e->plen, "op %d frame_len %zu", e->op, flen);
             CHECK(json_equal(p.json, j), "op %d header differs after round trip", e->op);
-            if (e->op >= OP_BUILD_CONNECTION)
+            if ((e->op >= OP_BUILD_CONNECTION && e->op <= OP_CLOSE) ||
+                (e->op >= OP_UDP_DATA && e->op <= OP_FTP_TLS))
                 CHECK(p.conn == 1, "op %d conn %llu", e->op, (unsigned long long)p.conn);
             else
                 CHECK(p.conn == 0, "op %d conn %llu", e->op, (unsigned long long)p.conn);
@@ -372,6 +391,10 @@ static void test_roundtrip(void)
                 CHECK(p.len == 21, "DATA len %zu", p.len);
                 CHECK(p.payload == copy + n, "payload points at the header's end");
                 CHECK(p.payload[0] == 0xA5 && p.payload[20] == 0xA5, "payload bytes");
+            } else if (e->op == OP_UDP_DATA) {
+                CHECK(p.len == 36, "UDP_DATA len %zu", p.len);
+                CHECK(p.payload == copy + n, "payload points at the header's end");
+                CHECK(p.payload[0] == 0xA5 && p.payload[35] == 0xA5, "payload bytes");
             } else if (e->op == OP_ACK) {
                 CHECK(p.len == 21, "ACK bytes %zu", p.len);
                 CHECK(p.payload == NULL, "ACK has no payload");
@@ -662,7 +685,7 @@ static void test_json_shape(void)
 static void test_unknown_op(void)
 {
     static const char *bad[] = {
-        "{\"op\":0}", "{\"op\":11}", "{\"op\":-1}", "{\"op\":12}", "{\"op\":255}",
+        "{\"op\":0}", "{\"op\":12}", "{\"op\":-1}", "{\"op\":13}", "{\"op\":255}",
         "{\"op\":4294967300}", "{\"op\":9223372036854775807}", "{\"op\":-9223372036854775808}",
         "{\"op\":\"4\"}", "{\"op\":\"PING\"}", "{\"op\":4.0}", "{\"op\":null}", "{\"op\":true}",
         "{\"op\":[4]}", "{\"op\":{}}", "{}", "{\"OP\":4}", "{\"op \":4}",
@@ -681,7 +704,7 @@ static void test_unknown_op(void)
 }
 
 /* A member and its kind for the table below. */
-enum kind { K_INT, K_STR, K_ARRAY };
+enum kind { K_INT, K_STR, K_ARRAY, K_BOOL, K_OBJ };
 static const struct member {
     int op;
     const char *key;
@@ -694,11 +717,18 @@ static const struct member {
     {OP_HELLO, "name", K_STR, 1},
     {OP_HELLO, "window", K_INT, 1},
     {OP_HELLO, "apps", K_ARRAY, 0},
+    {OP_HELLO, "max_version", K_INT, 0},
+    {OP_HELLO, "resume_grace", K_INT, 0},
+    {OP_HELLO, "resume", K_OBJ, 0},
     {OP_WELCOME, "op", K_INT, 1},
     {OP_WELCOME, "version", K_INT, 1},
     {OP_WELCOME, "window", K_INT, 1},
     {OP_WELCOME, "heartbeat", K_INT, 1},
     {OP_WELCOME, "apps", K_ARRAY, 1},
+    {OP_WELCOME, "session", K_STR, 0},
+    {OP_WELCOME, "resume_token", K_STR, 0},
+    {OP_WELCOME, "resume_grace", K_INT, 0},
+    {OP_WELCOME, "resumed", K_BOOL, 0},
     {OP_ERROR, "op", K_INT, 1},
     {OP_ERROR, "code", K_STR, 1},
     {OP_ERROR, "message", K_STR, 1},
@@ -716,11 +746,45 @@ static const struct member {
     {OP_ACK, "op", K_INT, 1},
     {OP_ACK, "conn", K_INT, 1},
     {OP_ACK, "bytes", K_INT, 1},
+    {OP_ACK, "total", K_INT, 0},
     {OP_SHUTDOWN, "op", K_INT, 1},
     {OP_SHUTDOWN, "conn", K_INT, 1},
     {OP_CLOSE, "op", K_INT, 1},
     {OP_CLOSE, "conn", K_INT, 1},
     {OP_CLOSE, "reason", K_STR, 0},
+    {OP_RESUME, "op", K_INT, 1},
+    {OP_RESUME, "conns", K_ARRAY, 1},
+    {OP_RESUME, "last", K_BOOL, 1},
+    {OP_UDP_DATA, "op", K_INT, 1},
+    {OP_UDP_DATA, "session", K_INT, 1},
+    {OP_UDP_DATA, "len", K_INT, 1},
+    {OP_UDP_DATA, "open", K_OBJ, 0},
+    {OP_UDP_DATA, "drops", K_OBJ, 0},
+    {OP_UDP_CLOSE, "op", K_INT, 1},
+    {OP_UDP_CLOSE, "session", K_INT, 1},
+    {OP_UDP_CLOSE, "reason", K_STR, 0},
+    {OP_UDP_CLOSE, "drops", K_OBJ, 0},
+    {OP_FTP_OPEN, "op", K_INT, 1},
+    {OP_FTP_OPEN, "conn", K_INT, 1},
+    {OP_FTP_OPEN, "req", K_INT, 1},
+    {OP_FTP_OPEN, "mode", K_STR, 1},
+    {OP_FTP_OPEN, "port", K_INT, 1},
+    {OP_FTP_OPEN, "host", K_STR, 1},
+    {OP_FTP_OPENED, "conn", K_INT, 1},
+    {OP_FTP_OPENED, "req", K_INT, 1},
+    {OP_FTP_OPENED, "ok", K_BOOL, 1},
+    {OP_FTP_OPENED, "host", K_STR, 0},
+    {OP_FTP_OPENED, "port", K_INT, 0},
+    {OP_FTP_CONNECT, "conn", K_INT, 1},
+    {OP_FTP_CONNECT, "req", K_INT, 1},
+    {OP_FTP_CONNECT, "host", K_STR, 1},
+    {OP_FTP_CONNECT, "port", K_INT, 1},
+    {OP_FTP_TLS, "conn", K_INT, 1},
+    {OP_APPS, "op", K_INT, 1},
+    {OP_APPS, "unregister", K_ARRAY, 0},
+    {OP_APPS, "register", K_ARRAY, 0},
+    {OP_APPS_RESULT, "op", K_INT, 1},
+    {OP_APPS_RESULT, "apps", K_ARRAY, 0},
 };
 
 static const struct example *example_of(int op)
@@ -737,10 +801,10 @@ static json_t *wrong_value(enum kind k, int i)
     switch (i) {
     case 0: return k == K_STR ? json_integer(1) : json_string("1");
     case 1: return json_real(1.0);
-    case 2: return json_true();
+    case 2: return k == K_BOOL ? json_integer(0) : json_true();
     case 3: return json_null();
     case 4: return k == K_ARRAY ? json_object() : json_array();
-    case 5: return k == K_ARRAY ? json_string("[]") : json_object();
+    case 5: return k == K_ARRAY || k == K_OBJ ? json_string("[]") : json_object();
     default: return NULL;
     }
 }
@@ -842,6 +906,194 @@ static void expect_member(int op, const char *key, const char *value, int want, 
 }
 #define MEMBER_OK(op, key, v) expect_member((op), (key), (v), 1, __LINE__)
 #define MEMBER_BAD(op, key, v) expect_member((op), (key), (v), -1, __LINE__)
+
+/* APPS members (version 4): names to unregister, requests to register. */
+static void test_apps_members(void)
+{
+    MEMBER_OK(OP_APPS, "unregister", "[]");
+    MEMBER_OK(OP_APPS, "unregister", "[\"a\",\"b-c_1\"]");
+    MEMBER_BAD(OP_APPS, "unregister", "[\"a b\"]");
+    MEMBER_BAD(OP_APPS, "unregister", "[1]");
+    MEMBER_BAD(OP_APPS, "unregister", "\"a\"");
+    MEMBER_OK(OP_APPS, "register", "[{\"name\":\"w\",\"public_port\":80,"
+                                   "\"target_host\":\"10.0.0.2\",\"target_port\":8080}]");
+    MEMBER_BAD(OP_APPS, "register", "[{\"name\":\"w\",\"public_port\":80,"
+                                    "\"target_host\":\"10.0.0.2\"}]");
+    MEMBER_BAD(OP_APPS, "register", "[{\"name\":\"w\",\"public_port\":80,"
+                                    "\"target_host\":\"10.0.0.2\",\"target_port\":8080,"
+                                    "\"protocol\":\"sctp\"}]");
+    MEMBER_BAD(OP_APPS, "register", "{}");
+    MEMBER_OK(OP_APPS_RESULT, "apps", "[{\"name\":\"w\",\"ok\":false,\"error\":\"taken\"}]");
+    MEMBER_BAD(OP_APPS_RESULT, "apps", "[{\"name\":\"w\"}]");
+}
+
+/* UDP members (version 3): session ids, datagram sizes, open, drops, apps. */
+static void test_udp_members(void)
+{
+    MEMBER_OK(OP_UDP_DATA, "session", "9007199254740991");
+    MEMBER_BAD(OP_UDP_DATA, "session", "9007199254740992");
+    MEMBER_BAD(OP_UDP_DATA, "session", "0");
+    MEMBER_BAD(OP_UDP_CLOSE, "session", "0");
+    MEMBER_BAD(OP_UDP_DATA, "len", "65536");
+    MEMBER_BAD(OP_UDP_DATA, "len", "-1");
+    MEMBER_OK(OP_UDP_DATA, "open", "{\"app\":\"dns\",\"target_host\":\"127.0.0.1\","
+                                   "\"target_port\":53,\"idle\":120}");
+    MEMBER_BAD(OP_UDP_DATA, "open", "{\"app\":\"dns\",\"target_host\":\"127.0.0.1\","
+                                    "\"target_port\":53}");         /* no idle */
+    MEMBER_BAD(OP_UDP_DATA, "open", "{\"app\":\"dns\",\"target_host\":\"127.0.0.1\","
+                                    "\"target_port\":53,\"idle\":4}");
+    MEMBER_BAD(OP_UDP_DATA, "open", "{\"app\":\"dns\",\"target_host\":\"127.0.0.1\","
+                                    "\"target_port\":53,\"idle\":3601}");
+    MEMBER_BAD(OP_UDP_DATA, "open", "{\"app\":\"d n\",\"target_host\":\"127.0.0.1\","
+                                    "\"target_port\":53,\"idle\":120}");
+    MEMBER_BAD(OP_UDP_DATA, "open", "{\"app\":\"dns\",\"target_host\":\"a/b\","
+                                    "\"target_port\":53,\"idle\":120}");
+    MEMBER_BAD(OP_UDP_DATA, "open", "{\"app\":\"dns\",\"target_host\":\"127.0.0.1\","
+                                    "\"target_port\":0,\"idle\":120}");
+    MEMBER_OK(OP_UDP_DATA, "drops", "{}");
+    MEMBER_OK(OP_UDP_DATA, "drops", "{\"queue_full\":4294967295,\"oversize\":0}");
+    MEMBER_OK(OP_UDP_CLOSE, "drops", "{\"tunnel_down\":3}");
+    MEMBER_BAD(OP_UDP_DATA, "drops", "{\"queue_full\":4294967296}");
+    MEMBER_BAD(OP_UDP_DATA, "drops", "{\"queue_full\":-1}");
+    MEMBER_BAD(OP_UDP_DATA, "drops", "{\"other\":1}");
+    MEMBER_BAD(OP_UDP_DATA, "drops", "{\"queue_full\":\"1\"}");
+    MEMBER_BAD(OP_UDP_DATA, "drops",
+               "{\"queue_full\":1,\"oversize\":1,\"tunnel_down\":1,\"x\":1}");
+    MEMBER_BAD(OP_UDP_CLOSE, "reason",
+               "\"0123456789012345678901234567890123456789012345678901234567890123456789\"");
+    /* App entries of HELLO: protocol and idle timeout, in apps and udp_apps. */
+    MEMBER_OK(OP_HELLO, "udp_apps", "[{\"name\":\"dns\",\"public_port\":5353,"
+                                    "\"target_host\":\"127.0.0.1\",\"target_port\":53,"
+                                    "\"protocol\":\"udp\",\"udp_idle_timeout\":30}]");
+    MEMBER_BAD(OP_HELLO, "udp_apps", "[{\"name\":\"dns\",\"public_port\":5353,"
+                                     "\"target_host\":\"127.0.0.1\",\"target_port\":53,"
+                                     "\"protocol\":\"sctp\"}]");
+    MEMBER_BAD(OP_HELLO, "udp_apps", "[{\"name\":\"dns\",\"public_port\":5353,"
+                                     "\"target_host\":\"127.0.0.1\",\"target_port\":53,"
+                                     "\"udp_idle_timeout\":3601}]");
+    MEMBER_BAD(OP_HELLO, "udp_apps", "{}");
+    MEMBER_OK(OP_HELLO, "max_version", "3");
+}
+
+/* FTP members (version 5): the four operations, BUILD_CONNECTION's "ftp",
+ * HELLO's ftp_apps. */
+static void test_ftp_members(void)
+{
+    MEMBER_OK(OP_FTP_OPEN, "mode", "\"passive\"");
+    MEMBER_BAD(OP_FTP_OPEN, "mode", "\"PASSIVE\"");
+    MEMBER_BAD(OP_FTP_OPEN, "mode", "\"bounce\"");
+    MEMBER_BAD(OP_FTP_OPEN, "req", "0");
+    MEMBER_OK(OP_FTP_OPEN, "req", "2147483647");
+    MEMBER_BAD(OP_FTP_OPEN, "req", "2147483648");
+    MEMBER_BAD(OP_FTP_OPEN, "port", "0");
+    MEMBER_BAD(OP_FTP_OPEN, "port", "65536");
+    MEMBER_OK(OP_FTP_OPEN, "host", "\"2001:db8::1\"");
+    MEMBER_BAD(OP_FTP_OPEN, "host", "\"example.org\"");
+    MEMBER_BAD(OP_FTP_OPEN, "host", "\"203.0.113.7 \"");
+    MEMBER_BAD(OP_FTP_OPEN, "host", "\"\"");
+    MEMBER_OK(OP_FTP_OPENED, "code", "425");
+    MEMBER_BAD(OP_FTP_OPENED, "code", "200");
+    MEMBER_OK(OP_FTP_OPENED, "reason", "\"no free data port\"");
+    MEMBER_BAD(OP_FTP_OPENED, "host", "\"203.0.113\"");
+    MEMBER_BAD(OP_FTP_CONNECT, "host", "\"localhost\"");
+    MEMBER_BAD(OP_FTP_TLS, "conn", "0");
+    MEMBER_OK(OP_BUILD_CONNECTION, "ftp", "\"control\"");
+    MEMBER_BAD(OP_BUILD_CONNECTION, "ftp", "\"data\""); /* no ftp_ctl, ftp_req */
+    MEMBER_BAD(OP_BUILD_CONNECTION, "ftp", "\"tls\"");
+    MEMBER_BAD(OP_BUILD_CONNECTION, "ftp_ctl", "3");   /* without "ftp" */
+    {
+        json_t *j = load("{\"op\":5,\"conn\":2,\"app\":\"f\",\"target_host\":\"127.0.0.1\","
+                         "\"target_port\":21,\"ftp\":\"data\",\"ftp_ctl\":1,\"ftp_req\":3}");
+        CHECK(parse_json(j, 0) == 1, "FTP data BUILD_CONNECTION accepted");
+        json_object_set_new(j, "ftp_req", json_integer(0));
+        CHECK(parse_json(j, 0) == -1, "ftp_req 0 refused");
+        json_object_set_new(j, "ftp_req", json_integer(3));
+        json_object_set_new(j, "ftp", json_string("control"));
+        CHECK(parse_json(j, 0) == -1, "a control BUILD_CONNECTION with ftp_ctl refused");
+        json_decref(j);
+    }
+    MEMBER_OK(OP_HELLO, "ftp_apps", "[{\"name\":\"nas\",\"public_port\":2121,"
+                                    "\"target_host\":\"192.0.2.5\",\"target_port\":21,"
+                                    "\"protocol\":\"ftp\"}]");
+    MEMBER_OK(OP_HELLO, "ftp_apps", "[{\"name\":\"nas\",\"public_port\":2121,"
+                                    "\"target_host\":\"192.0.2.5\",\"target_port\":21,"
+                                    "\"protocol\":\"ftp\",\"ftp_passive_ports\":\"40000-40099\"}]");
+    MEMBER_BAD(OP_HELLO, "ftp_apps", "[{\"name\":\"nas\",\"public_port\":2121,"
+                                     "\"target_host\":\"192.0.2.5\",\"target_port\":21,"
+                                     "\"protocol\":\"ftp\",\"ftp_passive_ports\":\"40000-41000\"}]");
+    MEMBER_BAD(OP_HELLO, "ftp_apps", "[{\"name\":\"nas\",\"public_port\":2121,"
+                                     "\"target_host\":\"192.0.2.5\",\"target_port\":21,"
+                                     "\"ftp_passive_ports\":\"80-90\"}]");
+    MEMBER_OK(OP_HELLO, "max_version", "5");
+}
+
+/* Resumption members (version 2): hex ids, RESUME entries and limits. */
+static void test_resume_members(void)
+{
+    char buf[300];
+    const char *sid = "0123456789abcdef0123456789abcdef";
+    const char *tok = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+    snprintf(buf, sizeof(buf), "{\"session\":\"%s\",\"token\":\"%s\"}", sid, tok);
+    MEMBER_OK(OP_HELLO, "resume", buf);
+    snprintf(buf, sizeof(buf), "{\"session\":\"%s\"}", sid);
+    MEMBER_BAD(OP_HELLO, "resume", buf);            /* no token */
+    snprintf(buf, sizeof(buf), "{\"session\":\"%.31s\",\"token\":\"%s\"}", sid, tok);
+    MEMBER_BAD(OP_HELLO, "resume", buf);            /* 31 digits */
+    snprintf(buf, sizeof(buf), "{\"session\":\"%sa\",\"token\":\"%s\"}", sid, tok);
+    MEMBER_BAD(OP_HELLO, "resume", buf);            /* 33 digits */
+    snprintf(buf, sizeof(buf), "{\"session\":\"0123456789ABCDEF0123456789abcdef\","
+                               "\"token\":\"%s\"}", tok);
+    MEMBER_BAD(OP_HELLO, "resume", buf);            /* upper case */
+    snprintf(buf, sizeof(buf), "{\"session\":\"%s\",\"token\":\"%.63sg\"}", sid, tok);
+    MEMBER_BAD(OP_HELLO, "resume", buf);            /* not hex */
+    MEMBER_OK(OP_HELLO, "resume_grace", "0");
+    MEMBER_OK(OP_HELLO, "resume_grace", "3600");
+    MEMBER_BAD(OP_HELLO, "resume_grace", "3601");
+    MEMBER_BAD(OP_HELLO, "resume_grace", "-1");
+    MEMBER_OK(OP_HELLO, "max_version", "2");
+    MEMBER_BAD(OP_HELLO, "max_version", "0");
+    snprintf(buf, sizeof(buf), "\"%s\"", sid);
+    MEMBER_OK(OP_WELCOME, "session", buf);
+    MEMBER_BAD(OP_WELCOME, "session", "\"x\"");
+    snprintf(buf, sizeof(buf), "\"%s\"", tok);
+    MEMBER_OK(OP_WELCOME, "resume_token", buf);
+    MEMBER_BAD(OP_WELCOME, "resume_token", "\"\"");
+    MEMBER_OK(OP_ACK, "total", "0");
+    MEMBER_OK(OP_ACK, "total", "9007199254740991");
+    MEMBER_BAD(OP_ACK, "total", "9007199254740992");
+    MEMBER_BAD(OP_ACK, "total", "-1");
+    /* RESUME entries: four integers, conn >= 1, flags < 256. */
+    MEMBER_OK(OP_RESUME, "conns", "[]");
+    MEMBER_OK(OP_RESUME, "conns", "[[9007199254740991,9007199254740991,0,255]]");
+    MEMBER_BAD(OP_RESUME, "conns", "[[0,1,1,0]]");
+    MEMBER_BAD(OP_RESUME, "conns", "[[1,1,1,256]]");
+    MEMBER_BAD(OP_RESUME, "conns", "[[1,-1,0,0]]");
+    MEMBER_BAD(OP_RESUME, "conns", "[[1,1,1]]");
+    MEMBER_BAD(OP_RESUME, "conns", "[[1,1,1,0,0]]");
+    MEMBER_BAD(OP_RESUME, "conns", "[[1,1,\"1\",0]]");
+    MEMBER_BAD(OP_RESUME, "conns", "[[1,1,1.0,0]]");
+    MEMBER_BAD(OP_RESUME, "conns", "[{\"conn\":1}]");
+    MEMBER_BAD(OP_RESUME, "conns", "[1,1,1,0]");
+    MEMBER_BAD(OP_RESUME, "last", "1");
+    {
+        /* At most PKT_RESUME_MAX entries in one frame. */
+        size_t cap = (size_t)(PKT_RESUME_MAX + 1) * 12 + 64, n = 0;
+        char *big = malloc(cap);
+        CHECK(big != NULL, "malloc");
+        for (int count = PKT_RESUME_MAX; big && count <= PKT_RESUME_MAX + 1; count++) {
+            n = (size_t)snprintf(big, cap, "{\"op\":11,\"last\":false,\"conns\":[");
+            for (int i = 0; i < count; i++)
+                n += (size_t)snprintf(big + n, cap - n, "%s[%d,0,0,0]", i ? "," : "", i + 1);
+            snprintf(big + n, cap - n, "]}");
+            if (count == PKT_RESUME_MAX)
+                ACCEPT(big);
+            else
+                REJECT(big);
+        }
+        free(big);
+    }
+}
 
 static void test_ranges(void)
 {
@@ -1077,9 +1329,13 @@ static void check_mutant(const unsigned char *m, size_t n, size_t maxh, const ch
         if (p.op == OP_DATA)
             CHECK(p.len >= 1 && p.len <= PKT_MAX_DATA && p.payload == copy + flen - p.len,
                   "%s %zu: payload", what, at);
+        else if (p.op == OP_UDP_DATA)
+            CHECK(p.len <= PKT_MAX_DGRAM && p.payload == copy + flen - p.len,
+                  "%s %zu: payload", what, at);
         else
             CHECK(p.payload == NULL, "%s %zu: payload on op %d", what, at, p.op);
-        if (p.op >= OP_BUILD_CONNECTION)
+        if ((p.op >= OP_BUILD_CONNECTION && p.op <= OP_CLOSE) || p.op == OP_UDP_DATA ||
+            p.op == OP_UDP_CLOSE)
             CHECK(p.conn >= 1 && p.conn <= PKT_CONN_ID_MAX, "%s %zu: conn", what, at);
     } else if (r == 0) {
         CHECK(flen == 0 || flen > n, "%s %zu: incomplete with frame_len %zu of %zu", what, at, flen, n);
@@ -1191,6 +1447,9 @@ static const struct {
     {"payload_exact", test_payload_exact},
     {"json_shape", test_json_shape},
     {"unknown_op", test_unknown_op},
+    {"resume_members", test_resume_members},
+    {"udp_members", test_udp_members},
+    {"apps_members", test_apps_members},
     {"required_members", test_required_members},
     {"ranges", test_ranges},
     {"hello_fits_preauth", test_hello_fits_preauth},
@@ -1198,18 +1457,46 @@ static const struct {
     {"valid_host", test_valid_host},
     {"mutations", test_mutations},
     {"stream", test_stream},
-    {"state_ensure_dir", test_state_ensure_dir},
+    {"state_dir_open", test_state_dir_open},
+    {"state_dir_refused", test_state_dir_refused},
+    {"state_dir_fd_pinned", test_state_dir_fd_pinned},
+    {"state_file_refused", test_state_file_refused},
+    {"state_temp_names", test_state_temp_names},
     {"state_write_read", test_state_write_read},
     {"state_write_failures", test_state_write_failures},
     {"state_read_limits", test_state_read_limits},
     {"state_token", test_state_token},
+    {"tls_state_files", test_tls_state_files},
+    {"tls_user_files", test_tls_user_files},
+    {"tls_known_hosts_file", test_tls_known_hosts_file},
     {"registry_spec", test_registry_spec},
+    {"port_ranges", test_port_ranges},
+    {"token_scopes", test_token_scopes},
+    {"ftp_members", test_ftp_members},
+    {"ftp_split", test_ftp_split},
+    {"ftp_multiline", test_ftp_multiline},
+    {"ftp_commands", test_ftp_commands},
+    {"ftp_long_and_bad", test_ftp_long_and_bad},
+    {"ftp_rewrite", test_ftp_rewrite},
     {"log_escape", test_log_escape},
-    {"tlsrec_tamper", test_tlsrec_tamper},
-    {"tlsrec_self", test_tlsrec_self},
-    {"tlsrec_large_frame", test_tlsrec_large_frame},
-    {"tlsrec_openssl_interop", test_tlsrec_openssl_interop},
-    {"tlsrec_key_update_answered", test_tlsrec_key_update_answered},
+    {"tls_io_interop", test_tls_io_interop},
+    {"tls_io_interop_direct", test_tls_io_interop_direct},
+    {"tls_io_records_without_data", test_tls_io_records_without_data},
+    {"tls_io_cut_without_close_notify", test_tls_io_cut_without_close_notify},
+    {"json_depth", test_json_depth},
+    {"ratelimit_groups", test_ratelimit_groups},
+    {"ratelimit_shared_budgets", test_ratelimit_shared_budgets},
+    {"web_head_cases", test_web_head_cases},
+    {"web_head_flags", test_web_head_flags},
+    {"web_head_limits", test_web_head_limits},
+    {"config_parse", test_config_parse},
+    {"config_limits", test_config_limits},
+    {"config_files", test_config_files},
+    {"log_summary", test_log_summary},
+    {"cidr_lists", test_cidr_lists},
+    {"addr_notation", test_addr_notation},
+    {"proxy_proto_headers", test_proxy_proto_headers},
+    {"build_addr_members", test_build_addr_members},
 };
 #define NTESTS (sizeof(tests) / sizeof(tests[0]))
 #define TEST_TIMEOUT_S 120

@@ -33,17 +33,44 @@ void unit_known_bug(const char *file, int line, const char *expr, const char *fm
 const char *unit_show(const void *p, size_t n);
 
 /* Tests in other files. */
-void test_state_ensure_dir(void);
+void test_state_dir_open(void);
+void test_state_dir_refused(void);
+void test_state_dir_fd_pinned(void);
+void test_state_file_refused(void);
+void test_state_temp_names(void);
 void test_state_write_read(void);
 void test_state_write_failures(void);
 void test_state_read_limits(void);
 void test_state_token(void);
+void test_tls_state_files(void);
+void test_tls_user_files(void);
+void test_tls_known_hosts_file(void);
 void test_registry_spec(void);
+void test_port_ranges(void);
+void test_token_scopes(void);
+void test_ftp_split(void);
+void test_ftp_multiline(void);
+void test_ftp_commands(void);
+void test_ftp_long_and_bad(void);
+void test_ftp_rewrite(void);
 void test_log_escape(void);
-void test_tlsrec_tamper(void);
-void test_tlsrec_self(void);
-void test_tlsrec_large_frame(void);
-void test_tlsrec_openssl_interop(void);
-void test_tlsrec_key_update_answered(void);
+void test_tls_io_interop(void);
+void test_tls_io_interop_direct(void);
+void test_tls_io_records_without_data(void);
+void test_tls_io_cut_without_close_notify(void);
+void test_json_depth(void);
+void test_ratelimit_groups(void);
+void test_ratelimit_shared_budgets(void);
+void test_web_head_cases(void);
+void test_web_head_flags(void);
+void test_web_head_limits(void);
+void test_config_parse(void);
+void test_config_limits(void);
+void test_config_files(void);
+void test_log_summary(void);
+void test_cidr_lists(void);
+void test_addr_notation(void);
+void test_proxy_proto_headers(void);
+void test_build_addr_members(void);
 
 #endif

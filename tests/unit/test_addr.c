@@ -1,0 +1,270 @@
+/* Unit tests: cidr.c (allow_from), proxy_proto.c (PROXY headers), netio's
+ * address parsing and notation, and BUILD_CONNECTION's version 6 members. */
+
+#include <arpa/inet.h>
+#include <jansson.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cidr.h"
+#include "netio.h"
+#include "packet.h"
+#include "proxy_proto.h"
+#include "unit.h"
+
+static struct sockaddr_storage sa(const char *addrport)
+{
+    struct sockaddr_storage ss;
+
+    memset(&ss, 0, sizeof(ss));
+    CHECK(net_parse_addrport(addrport, &ss) == 0, "'%s' parses", addrport);
+    return ss;
+}
+
+static struct sockaddr_storage mapped(const char *v4, int port)
+{
+    struct sockaddr_storage ss;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+
+    memset(&ss, 0, sizeof(ss));
+    s6->sin6_family = AF_INET6;
+    s6->sin6_port = htons((uint16_t)port);
+    s6->sin6_addr.s6_addr[10] = s6->sin6_addr.s6_addr[11] = 0xff;
+    CHECK(inet_pton(AF_INET, v4, &s6->sin6_addr.s6_addr[12]) == 1, "v4 %s", v4);
+    return ss;
+}
+
+void test_cidr_lists(void)
+{
+    static const char *const good[] = {"192.0.2.0/24", "2001:db8::/32", "0.0.0.0/0", "::/0",
+                                       "198.51.100.7", "::1", "203.0.113.128/25",
+                                       "2001:db8:1:2::/64"};
+    static const char *const bad[] = {"", "/24", "192.0.2.0/", "192.0.2.0/33", "2001:db8::/129",
+                                      "192.0.2.1/24", "2001:db8::1/32", "192.0.2.0/2x",
+                                      "192.0.2.0/0024", "example.org/8", "192.0.2.0 /24",
+                                      "[::1]/128", "192.0.2.0/24/8", "1.2.3.4.5/32",
+                                      "::ffff:300.1.1.1/128", "192.0.2.0/-1"};
+    struct cidr c;
+    struct cidr_list l;
+    char err[200], text[CIDR_TEXT_MAX], big[200];
+    json_t *arr;
+    struct sockaddr_storage ss;
+
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+        CHECK(cidr_parse(good[i], &c, err, sizeof(err)) == 0, "'%s' accepted: %s", good[i], err);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        CHECK(cidr_parse(bad[i], &c, err, sizeof(err)) == -1, "'%s' refused", bad[i]);
+    memset(big, '1', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    CHECK(cidr_parse(big, &c, err, sizeof(err)) == -1, "a long entry refused");
+    CHECK(cidr_parse(NULL, &c, err, sizeof(err)) == -1, "NULL refused");
+    cidr_parse("2001:db8::/32", &c, err, sizeof(err));
+    cidr_str(&c, text, sizeof(text));
+    CHECK(strcmp(text, "2001:db8::/32") == 0, "notation %s", text);
+    cidr_parse("198.51.100.7", &c, err, sizeof(err));
+    cidr_str(&c, text, sizeof(text));
+    CHECK(strcmp(text, "198.51.100.7/32") == 0, "a bare address is a /32: %s", text);
+
+    /* Lists from JSON: bounds and types. */
+    arr = json_loads("[\"192.0.2.0/24\",\"2001:db8::/32\",\"127.0.0.2/32\",\"192.0.2.0/24\"]", 0,
+                     NULL);
+    CHECK(cidr_list_from_json(arr, &l, err, sizeof(err)) == 0 && l.n == 3,
+          "a list with a duplicate: %d entries", l.n);
+    json_decref(arr);
+    arr = json_array();
+    for (int i = 0; i < CIDR_MAX; i++) {
+        char e[32];
+        snprintf(e, sizeof(e), "10.0.%d.0/24", i);
+        json_array_append_new(arr, json_string(e));
+    }
+    CHECK(cidr_list_from_json(arr, &l, err, sizeof(err)) == 0 && l.n == CIDR_MAX, "64 entries");
+    json_array_append_new(arr, json_string("10.1.0.0/16"));
+    CHECK(cidr_list_from_json(arr, &l, err, sizeof(err)) == -1, "65 entries refused");
+    json_decref(arr);
+    arr = json_loads("[1]", 0, NULL);
+    CHECK(cidr_list_from_json(arr, &l, err, sizeof(err)) == -1, "a number refused");
+    json_decref(arr);
+    arr = json_string("192.0.2.0/24");
+    CHECK(cidr_list_from_json(arr, &l, err, sizeof(err)) == -1, "a string, not an array");
+    json_decref(arr);
+    CHECK(cidr_list_from_json(NULL, &l, err, sizeof(err)) == 0 && l.n == 0, "absent: empty");
+    arr = json_loads("[\"a\\u0000b\"]", JSON_ALLOW_NUL, NULL);
+    CHECK(arr && cidr_list_from_json(arr, &l, err, sizeof(err)) == -1, "a NUL byte refused");
+    json_decref(arr);
+
+    /* Matching: IPv4, IPv6, IPv4-mapped as IPv4, an empty list. */
+    memset(&l, 0, sizeof(l));
+    CHECK(cidr_list_allows(&l, &(struct sockaddr_storage){.ss_family = AF_INET}),
+          "the empty list allows everybody");
+    cidr_list_add(&l, "192.0.2.0/24", err, sizeof(err));
+    cidr_list_add(&l, "2001:db8::/32", err, sizeof(err));
+    cidr_list_add(&l, "127.0.0.2/32", err, sizeof(err));
+    cidr_list_add(&l, "203.0.113.0/25", err, sizeof(err));
+    ss = sa("192.0.2.77:1");
+    CHECK(cidr_list_allows(&l, &ss), "192.0.2.77 in /24");
+    ss = sa("192.0.3.1:1");
+    CHECK(!cidr_list_allows(&l, &ss), "192.0.3.1 not");
+    ss = sa("203.0.113.127:1");
+    CHECK(cidr_list_allows(&l, &ss), "203.0.113.127 in /25");
+    ss = sa("203.0.113.128:1");
+    CHECK(!cidr_list_allows(&l, &ss), "203.0.113.128 not in /25");
+    ss = sa("[2001:db8:ffff::1]:1");
+    CHECK(cidr_list_allows(&l, &ss), "2001:db8:ffff::1 in /32");
+    ss = sa("[2001:db9::1]:1");
+    CHECK(!cidr_list_allows(&l, &ss), "2001:db9::1 not");
+    ss = mapped("127.0.0.2", 5);
+    CHECK(cidr_list_allows(&l, &ss), "::ffff:127.0.0.2 matches 127.0.0.2/32");
+    ss = mapped("127.0.0.3", 5);
+    CHECK(!cidr_list_allows(&l, &ss), "::ffff:127.0.0.3 does not");
+    ss = sa("[::1]:1");
+    CHECK(!cidr_list_allows(&l, &ss), "::1 not listed");
+    arr = cidr_list_to_json(&l);
+    CHECK(arr && json_array_size(arr) == 4 &&
+              strcmp(json_string_value(json_array_get(arr, 1)), "2001:db8::/32") == 0,
+          "to JSON");
+    json_decref(arr);
+}
+
+void test_addr_notation(void)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    char out[80];
+    static const char *const bad[] = {"", "1.2.3.4", "1.2.3.4:", "1.2.3.4:0", "1.2.3.4:65536",
+                                      "::1:80", "[::1]", "[::1]80", "[1.2.3.4]:80", "[::1]:x",
+                                      "host:80", "[fe80::1%eth0]:80", "1.2.3.4:80 ",
+                                      "[::1]:80:1"};
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        CHECK(net_parse_addrport(bad[i], &ss) == -1, "'%s' refused", bad[i]);
+    CHECK(net_parse_addrport(NULL, &ss) == -1, "NULL refused");
+    ss = sa("[2001:db8::1]:443");
+    net_sa_str(&ss, out, sizeof(out));
+    CHECK(strcmp(out, "[2001:db8::1]:443") == 0, "%s", out);
+    ss = sa("192.0.2.1:5000");
+    net_sa_str(&ss, out, sizeof(out));
+    CHECK(strcmp(out, "192.0.2.1:5000") == 0, "%s", out);
+    ss = mapped("192.0.2.9", 77);
+    net_sa_str(&ss, out, sizeof(out));
+    CHECK(strcmp(out, "192.0.2.9:77") == 0, "mapped shown as IPv4: %s", out);
+    net_ip_str(&ss, out, sizeof(out));
+    CHECK(strcmp(out, "192.0.2.9") == 0, "%s", out);
+    net_hostport_str("::1", 6300, out, sizeof(out));
+    CHECK(strcmp(out, "[::1]:6300") == 0, "%s", out);
+    CHECK(net_parse_addr("[2001:db8::1]", 1, &ss, &len) == 0 && ss.ss_family == AF_INET6,
+          "brackets allowed for bind");
+    CHECK(net_parse_addr("[192.0.2.1]", 1, &ss, &len) == -1, "no brackets around IPv4");
+    CHECK(net_parse_addr("example.org", 1, &ss, &len) == -1, "no names");
+    {
+        struct net_binds b;
+        char err[200];
+        memset(&b, 0, sizeof(b));
+        CHECK(net_binds_add(&b, "127.0.0.1, ::1", err, sizeof(err)) == 0 && b.n == 2, "a list");
+        CHECK(net_binds_add(&b, "[2001:db8::1]", err, sizeof(err)) == 0 && b.n == 3, "brackets");
+        CHECK(net_binds_add(&b, "nowhere", err, sizeof(err)) == -1, "a name refused");
+        net_binds_str(&b, out, sizeof(out));
+        CHECK(strcmp(out, "127.0.0.1,[::1],[2001:db8::1]") == 0, "%s", out);
+        CHECK(net_binds_add(&b, "1.1.1.1 2.2.2.2 3.3.3.3 4.4.4.4 5.5.5.5 6.6.6.6", err,
+                            sizeof(err)) == -1, "more than 8 refused");
+    }
+}
+
+void test_proxy_proto_headers(void)
+{
+    unsigned char out[PROXY_PROTO_MAX];
+    struct sockaddr_storage c4 = sa("192.0.2.1:56324"), s4 = sa("198.51.100.2:443");
+    struct sockaddr_storage c6 = sa("[2001:db8::1]:56324"), s6 = sa("[2001:db8::2]:443");
+    struct sockaddr_storage m4 = mapped("192.0.2.1", 56324);
+    static const unsigned char sig[12] = {0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D,
+                                          0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A};
+    int n;
+
+    n = proxy_proto_header(1, &c4, &s4, out, sizeof(out));
+    CHECK(n > 0 && (size_t)n == strlen("PROXY TCP4 192.0.2.1 198.51.100.2 56324 443\r\n") &&
+              memcmp(out, "PROXY TCP4 192.0.2.1 198.51.100.2 56324 443\r\n", (size_t)n) == 0,
+          "v1 TCP4: %s", unit_show(out, n > 0 ? (size_t)n : 0));
+    n = proxy_proto_header(1, &m4, &s4, out, sizeof(out));
+    CHECK(n > 0 && memcmp(out, "PROXY TCP4 192.0.2.1 ", 21) == 0, "a mapped client is TCP4");
+    n = proxy_proto_header(1, &c6, &s6, out, sizeof(out));
+    CHECK(n > 0 && memcmp(out, "PROXY TCP6 2001:db8::1 2001:db8::2 56324 443\r\n", (size_t)n) == 0,
+          "v1 TCP6: %s", unit_show(out, n > 0 ? (size_t)n : 0));
+    n = proxy_proto_header(1, &c4, &s6, out, sizeof(out));
+    CHECK(n > 0 && memcmp(out, "PROXY TCP6 ::ffff:192.0.2.1 2001:db8::2 ", 40) == 0,
+          "mixed families as TCP6: %s", unit_show(out, n > 0 ? (size_t)n : 0));
+    {
+        /* The longest line the spec allows fits. */
+        struct sockaddr_storage a = sa("[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535");
+        n = proxy_proto_header(1, &a, &a, out, sizeof(out));
+        CHECK(n == 104, "longest TCP6 line: %d bytes", n);
+    }
+    n = proxy_proto_header(2, &c4, &s4, out, sizeof(out));
+    CHECK(n == 28 && memcmp(out, sig, 12) == 0 && out[12] == 0x21 && out[13] == 0x11 &&
+              out[14] == 0 && out[15] == 12,
+          "v2 AF_INET header: %d", n);
+    CHECK(n == 28 && memcmp(out + 16, "\xc0\x00\x02\x01\xc6\x33\x64\x02\xdc\x04\x01\xbb", 12) == 0,
+          "v2 AF_INET addresses: %s", unit_show(out + 16, 12));
+    n = proxy_proto_header(2, &c6, &s6, out, sizeof(out));
+    CHECK(n == 52 && out[13] == 0x21 && out[15] == 36 && out[16] == 0x20 && out[17] == 0x01 &&
+              out[48] == 0xdc && out[49] == 0x04 && out[50] == 0x01 && out[51] == 0xbb,
+          "v2 AF_INET6: %d", n);
+    CHECK(proxy_proto_header(3, &c4, &s4, out, sizeof(out)) == -1, "version 3 refused");
+    CHECK(proxy_proto_header(1, &c4, &s4, out, 10) == -1, "too small a buffer refused");
+    {
+        struct sockaddr_storage un;
+        memset(&un, 0, sizeof(un));
+        un.ss_family = AF_UNIX;
+        CHECK(proxy_proto_header(2, &un, &s4, out, sizeof(out)) == -1, "AF_UNIX refused");
+    }
+}
+
+static int build_ok(const char *json)
+{
+    json_error_t e;
+    json_t *j = json_loads(json, 0, &e);
+    struct pkt p;
+    char err[200];
+    int rc;
+
+    memset(&p, 0, sizeof(p));
+    if (!j)
+        return -2;
+    rc = pkt_validate(j, &p, err, sizeof(err));
+    json_decref(j);
+    return rc;
+}
+
+void test_build_addr_members(void)
+{
+#define B "{\"op\":5,\"conn\":2,\"app\":\"w\",\"target_host\":\"127.0.0.1\",\"target_port\":80"
+    CHECK(build_ok(B "}") == 0, "a version 5 BUILD_CONNECTION");
+    CHECK(build_ok(B ",\"client\":\"192.0.2.1:5\",\"server\":\"[2001:db8::1]:443\"}") == 0,
+          "client and server");
+    CHECK(build_ok(B ",\"client\":\"192.0.2.1:5\",\"server\":\"192.0.2.2:443\","
+                     "\"proxy_protocol\":2}") == 0, "with proxy_protocol");
+    CHECK(build_ok(B ",\"client\":\"192.0.2.1:5\"}") == -1, "client alone");
+    CHECK(build_ok(B ",\"proxy_protocol\":1}") == -1, "proxy_protocol without addresses");
+    CHECK(build_ok(B ",\"client\":\"192.0.2.1:5\",\"server\":\"192.0.2.2:443\","
+                     "\"proxy_protocol\":3}") == -1, "proxy_protocol 3");
+    CHECK(build_ok(B ",\"client\":\"192.0.2.1:5\",\"server\":\"192.0.2.2:443\","
+                     "\"proxy_protocol\":0}") == -1, "proxy_protocol 0 is left out, not sent");
+    CHECK(build_ok(B ",\"client\":\"2001:db8::1:5\",\"server\":\"192.0.2.2:443\"}") == -1,
+          "IPv6 without brackets");
+    CHECK(build_ok(B ",\"client\":\"example.org:5\",\"server\":\"192.0.2.2:443\"}") == -1,
+          "a name");
+    CHECK(build_ok(B ",\"client\":5,\"server\":\"192.0.2.2:443\"}") == -1, "a number");
+    CHECK(build_ok(B ",\"client\":\"[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255]:65535\","
+                     "\"server\":\"192.0.2.2:443\"}") == 0, "the longest address fits");
+    CHECK(build_ok(B ",\"client\":\"[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255]:0000065535\","
+                     "\"server\":\"192.0.2.2:443\"}") == -1, "past PKT_ADDR_MAX");
+    /* App requests of version 6. */
+#define H "{\"op\":1,\"version\":1,\"token\":\"t\",\"name\":\"h\",\"window\":65536,\"apps\":[" \
+          "{\"name\":\"w\",\"public_port\":80,\"target_host\":\"::1\",\"target_port\":8080"
+    CHECK(build_ok(H ",\"proxy_protocol\":2,\"allow_from\":[\"192.0.2.0/24\"]}]}") == 0,
+          "an app with both");
+    CHECK(build_ok(H ",\"proxy_protocol\":5}]}") == -1, "proxy_protocol 5");
+    CHECK(build_ok(H ",\"allow_from\":[\"192.0.2.1/24\"]}]}") == -1, "host bits in allow_from");
+    CHECK(build_ok(H ",\"allow_from\":\"192.0.2.0/24\"}]}") == -1, "allow_from not an array");
+#undef B
+#undef H
+}
