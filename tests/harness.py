@@ -590,7 +590,7 @@ class ProxyTest(unittest.TestCase):
         self.web_port = web_port or getattr(self, "web_port", None) or free_port()
         if state_dir is None:
             state_dir = os.path.join(self.tmp, "state")
-        os.makedirs(state_dir, exist_ok=True)
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
         self.state_dir = state_dir
         argv = [self.bin("proxy_public"), str(self.tunnel_port), str(self.web_port),
                 "--bind", "127.0.0.1", "--state-dir", state_dir, "--log-level", "debug"]

@@ -62,7 +62,7 @@ EOF
 
 # A web server in home on 192.0.2.2:$HTTP serving a page that says $MARK.
 netns_start_home_web() {
-    mkdir -p "$TMP/www" "$TMP/state"
+    mkdir -p "$TMP/www" && mkdir -m 700 "$TMP/state"
     printf '<html><body><h1>%s</h1></body></html>\n' "$MARK" >"$TMP/www/index.html"
     # Started directly (ip netns exec execs it) so that $! is the program itself.
     ip netns exec "$NS_HOME" "$PY" -m http.server "$HTTP" --bind 192.0.2.2 \

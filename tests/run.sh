@@ -23,6 +23,10 @@ release|asan|tsan) ;;
 esac
 
 cd "$(dirname "$0")/.." || exit 2
+# The usual umask, whatever the caller's: the programs refuse a state
+# directory that others may write (as a umask of 002 or 000 would make the
+# tests' own folders), and the tests compare file modes.
+umask 022
 REPO=$(pwd)
 PY=/usr/bin/python3
 [ -x "$PY" ] || PY=python3

@@ -57,7 +57,7 @@ TOKEN=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
 # line (where ps shows it to every user).
 export NAT_TOKEN="$TOKEN"
 
-mkdir -p "$TMP/www" "$TMP/state"
+mkdir -p "$TMP/www" && mkdir -m 700 "$TMP/state"
 cat >"$TMP/www/index.html" <<'EOF'
 <!doctype html>
 <html><head><title>Hello through the tunnel</title></head>
