@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import time
+import unittest
 
 import harness
 from harness import ProxyTest, SLOW, free_port, free_port_range, wait_until, connect, recv_exact
@@ -231,6 +232,7 @@ class ConnectionsTest(ProxyTest):
         wait_until(lambda: self.api("GET", "/connections")[1]["total"] == 0, 10 * SLOW,
                    "the closed connection leaves the list")
 
+    @unittest.skipUnless(harness.have_ipv6_loopback(), "no IPv6 loopback (::1) here")
     def test_an_ipv6_client_is_shown_in_its_notation(self):
         echo = self.server(apps.EchoServer)
         self.start_public(extra=["--bind", "::1"])
