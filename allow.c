@@ -211,8 +211,12 @@ static int allowed_each(const struct allowlist *al, const char *host, int port, 
         snprintf(err, errlen, "cannot resolve: %s", gai_strerror(rc));
         return -1;
     }
-    snprintf(err, errlen, "target not allowed: add --allow %s:%d (or a CIDR rule) to proxy_private",
-             host, port);
+    {
+        char rule[PKT_HOST_MAX + 16];
+        allow_rule_for(host, port, rule, sizeof(rule));
+        snprintf(err, errlen, "target not allowed: add --allow %s (or a CIDR rule) to proxy_private",
+                 rule);
+    }
     for (ai = res; ai; ai = ai->ai_next) {
         if (!allowed(al, host, port, ai->ai_addr))
             continue;
@@ -266,4 +270,91 @@ int allow_udp_connect(const struct allowlist *al, const char *host, int port, ch
                       size_t errlen)
 {
     return allowed_each(al, host, port, SOCK_DGRAM, attempt_udp, 0, err, errlen);
+}
+
+json_t *allow_to_json(const struct allowlist *al)
+{
+    json_t *arr = json_array();
+
+    if (arr && al->any && json_array_append_new(arr, json_string("any")) != 0)
+        goto fail;
+    for (int i = 0; arr && i < al->n; i++) {
+        const struct allow_rule *r = &al->rules[i];
+        char host[PKT_HOST_MAX + 8], rule[sizeof(host) + 16];
+        if (r->is_host) {
+            snprintf(host, sizeof(host), strchr(r->host, ':') ? "[%s]" : "%s", r->host);
+        } else {
+            char ip[INET6_ADDRSTRLEN];
+            inet_ntop(r->family, r->addr, ip, sizeof(ip));
+            snprintf(host, sizeof(host), "%s/%d", ip, r->prefix);
+        }
+        if (r->port_lo == r->port_hi)
+            snprintf(rule, sizeof(rule), "%s:%d", host, r->port_lo);
+        else
+            snprintf(rule, sizeof(rule), "%s:%d-%d", host, r->port_lo, r->port_hi);
+        if (json_array_append_new(arr, json_string(rule)) != 0)
+            goto fail;
+    }
+    return arr;
+fail:
+    json_decref(arr);
+    return NULL;
+}
+
+int allow_from_json(struct allowlist *al, const json_t *arr, char *err, size_t errlen)
+{
+    const json_t *v;
+    size_t i;
+
+    if (!json_is_array(arr) || json_array_size(arr) > ALLOW_MAX + 1) {
+        snprintf(err, errlen, "\"allow\" is not an array of at most %d rules", ALLOW_MAX + 1);
+        return -1;
+    }
+    json_array_foreach(arr, i, v) {
+        const char *s = json_string_value(v);
+        if (!s) {
+            snprintf(err, errlen, "\"allow\" holds something that is not a string");
+            return -1;
+        }
+        if (allow_add(al, s, err, errlen) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+enum allow_verdict allow_judge(const struct allowlist *al, const char *host, int port)
+{
+    unsigned char ip[16];
+    int family = 0, cidr_might = 0;
+
+    if (al->any)
+        return ALLOW_YES;
+    if (inet_pton(AF_INET, host, ip) == 1) {
+        family = AF_INET;
+    } else if (inet_pton(AF_INET6, host, ip) == 1) {
+        family = AF_INET6;
+        if (IN6_IS_ADDR_V4MAPPED((struct in6_addr *)ip)) { /* as allowed() judges it */
+            memmove(ip, ip + 12, 4);
+            family = AF_INET;
+        }
+    }
+    for (int i = 0; i < al->n; i++) {
+        const struct allow_rule *r = &al->rules[i];
+        if (port < r->port_lo || port > r->port_hi)
+            continue;
+        if (r->is_host) {
+            if (strcasecmp(r->host, host) == 0)
+                return ALLOW_YES;
+        } else if (!family) {
+            cidr_might = 1; /* the name's addresses are the home side's to know */
+        } else if (r->family == family && prefix_match(ip, r->addr, r->prefix)) {
+            return ALLOW_YES;
+        }
+    }
+    return cidr_might ? ALLOW_MAYBE : ALLOW_NO;
+}
+
+void allow_rule_for(const char *host, int port, char *out, size_t cap)
+{
+    snprintf(out, cap, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
 }

@@ -14,6 +14,8 @@
 
 #include <stddef.h>
 
+#include <jansson.h>
+
 #define ALLOW_MAX 64
 
 struct allow_rule;
@@ -44,5 +46,24 @@ int allow_dial(const struct allowlist *al, const char *host, int port, int timeo
 /* The same for a UDP target: a connected, non-blocking UDP socket. */
 int allow_udp_connect(const struct allowlist *al, const char *host, int port, char *err,
                       size_t errlen);
+
+/* The rules as HELLO's and APPS' "allow" member: one string per rule, in
+ * --allow's own notation ("any", "HOST:LOW-HIGH", "CIDR:LOW-HIGH"); NULL when
+ * out of memory. */
+json_t *allow_to_json(const struct allowlist *al);
+/* Read such a member into al (allow_init()ed, empty): -1 with err when it is
+ * not an array of at most ALLOW_MAX + 1 rules that parse. */
+int allow_from_json(struct allowlist *al, const json_t *arr, char *err, size_t errlen);
+
+/* What the public side can tell of a target from the rules alone, without
+ * resolving its name (which only the home side can): */
+enum allow_verdict {
+    ALLOW_YES,      /* permitted */
+    ALLOW_NO,       /* certainly refused: no rule can admit it */
+    ALLOW_MAYBE     /* a name that a CIDR rule might admit once resolved */
+};
+enum allow_verdict allow_judge(const struct allowlist *al, const char *host, int port);
+/* The --allow rule that admits exactly host:port ("[v6]:port" for IPv6). */
+void allow_rule_for(const char *host, int port, char *out, size_t cap);
 
 #endif

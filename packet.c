@@ -376,6 +376,30 @@ static int check_names(json_t *hdr, const char *key, char *err, size_t errlen)
     return 0;
 }
 
+/* HELLO's and APPS' optional "allow": the private's allowlist, at most
+ * PKT_ALLOW_MAX strings (their rules are the public side's to parse). */
+static int check_allow(json_t *hdr, char *err, size_t errlen)
+{
+    json_t *rules = json_object_get(hdr, "allow"), *r;
+    size_t i;
+
+    if (!rules)
+        return 0;
+    if (!json_is_array(rules) || json_array_size(rules) > PKT_ALLOW_MAX) {
+        snprintf(err, errlen, "member 'allow' is not an array of at most %d", PKT_ALLOW_MAX);
+        return -1;
+    }
+    json_array_foreach(rules, i, r) {
+        if (!json_is_string(r) || json_string_length(r) > PKT_ALLOW_RULE_MAX ||
+            strlen(json_string_value(r)) != json_string_length(r)) {
+            snprintf(err, errlen, "member 'allow' holds something that is not a rule of at most "
+                     "%d bytes", PKT_ALLOW_RULE_MAX);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* UDP_DATA's optional "open": {app, target_host, target_port, idle}. */
 static int check_udp_open(json_t *hdr, char *err, size_t errlen)
 {
@@ -572,7 +596,8 @@ int pkt_validate(json_t *hdr, struct pkt *out, char *err, size_t errlen)
             check_resume_request(hdr, err, errlen) != 0 ||
             check_apps(hdr, "apps", 0, err, errlen) != 0 ||
             check_apps(hdr, "udp_apps", 0, err, errlen) != 0 ||
-            check_apps(hdr, "ftp_apps", 0, err, errlen) != 0)
+            check_apps(hdr, "ftp_apps", 0, err, errlen) != 0 ||
+            check_allow(hdr, err, errlen) != 0)
             return -1;
         break;
     case OP_WELCOME:
@@ -592,7 +617,8 @@ int pkt_validate(json_t *hdr, struct pkt *out, char *err, size_t errlen)
         break;
     case OP_APPS:
         if (check_names(hdr, "unregister", err, errlen) != 0 ||
-            check_apps(hdr, "register", 0, err, errlen) != 0)
+            check_apps(hdr, "register", 0, err, errlen) != 0 ||
+            check_allow(hdr, err, errlen) != 0)
             return -1;
         break;
     case OP_APPS_RESULT:
@@ -638,7 +664,7 @@ int pkt_validate(json_t *hdr, struct pkt *out, char *err, size_t errlen)
             if (get_int(hdr, "total", 0, (long long)PKT_CONN_ID_MAX, 0, &v, err, errlen) != 0)
                 return -1;
         } else if (out->op == OP_CLOSE) {
-            if (get_str(hdr, "reason", 256, 0, &s, err, errlen) != 0)
+            if (get_str(hdr, "reason", PKT_REASON_MAX, 0, &s, err, errlen) != 0)
                 return -1;
         }
         break;

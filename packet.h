@@ -37,6 +37,9 @@
 #define PKT_TOKEN_MAX 256
 #define PKT_HOST_MAX 253
 #define PKT_MAX_APPS 64
+#define PKT_ALLOW_MAX 65                   /* rules in HELLO's / APPS' "allow" (64 and "any") */
+#define PKT_ALLOW_RULE_MAX 280             /* bytes of one: "[host]:65535-65535" */
+#define PKT_REASON_MAX 256                 /* CLOSE's "reason" */
 #define PKT_MAX_DEPTH 8                    /* nesting of a header's JSON (HELLO needs 3) */
 #define PKT_CONN_ID_MAX ((1ULL << 53) - 1)
 #define PKT_MAX_FRAME (PKT_FRAME_PREFIX + PKT_MAX_HEADER + PKT_MAX_DATA)

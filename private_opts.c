@@ -65,7 +65,8 @@ static void usage(FILE *f)
             "  --allow RULE         targets the public side may ask us to dial: HOST:PORT,\n"
             "                       CIDR:PORT[-PORT] (e.g. 192.168.1.0/24:1-65535) or\n"
             "                       'any' (repeatable). Default: loopback and the\n"
-            "                       --register targets only\n"
+            "                       --register targets only (told to the public side,\n"
+            "                       which refuses registrations they do not permit)\n"
             "  --fingerprint SHA256 pin the public side's certificate (printed by\n"
             "                       proxy_public); without it the first one seen is\n"
             "                       remembered in the known-hosts file and must not change\n"
@@ -521,7 +522,8 @@ void private_allow_put(struct allow_snap *s)
  * the running tunnel (APPS, version 4), or else at the next reconnect, when
  * HELLO carries them. Called by reload() with the apps before and after,
  * under no lock. */
-static void apps_changed(const struct app_req *old, int nold, const struct app_req *now, int nnow)
+static void apps_changed(const struct app_req *old, int nold, const struct app_req *now, int nnow,
+                         int allow_changed)
 {
     char added[512] = "", removed[512] = "";
     size_t na = 0, nr = 0;
@@ -542,7 +544,7 @@ static void apps_changed(const struct app_req *old, int nold, const struct app_r
             nr += (size_t)snprintf(removed + nr, sizeof(removed) - nr, "%s%s", nr ? "," : "",
                                    old[j].name);
     }
-    if (private_push_apps(old, nold, now, nnow) >= 0)
+    if (private_push_apps(old, nold, now, nnow, allow_changed) >= 0)
         log_info("ev=reload_apps_changed added=%s removed=%s msg=\"on the running tunnel\"",
                  na ? added : "none", nr ? removed : "none");
     else
@@ -580,7 +582,7 @@ void private_reload(int argc, char **argv)
     struct private_cfg *n = malloc(sizeof(*n));
     struct app_req *old_apps = NULL;
     char err[CONFIG_PATH_MAX + 400], esc[sizeof(err)];
-    int changed = 0, restart = 0, lvl, old_lvl, nold = 0;
+    int changed = 0, restart = 0, lvl, old_lvl, nold = 0, allow_changed = 0;
 
     sd_notify_state("RELOADING=1");
     if (n)
@@ -624,6 +626,7 @@ void private_reload(int argc, char **argv)
         } else {
             snprintf(cfg.allow_text, sizeof(cfg.allow_text), "%s", n->allow_text);
             changed++;
+            allow_changed = 1;
         }
     }
     if (apps_differ(n, &cfg)) {
@@ -635,10 +638,15 @@ void private_reload(int argc, char **argv)
             memcpy(cfg.apps, n->apps, sizeof(cfg.apps));
             cfg.napps = n->napps;
             pthread_mutex_unlock(&cfg_apps_lock);
-            apps_changed(old_apps, nold, n->apps, n->napps);
+            apps_changed(old_apps, nold, n->apps, n->napps, allow_changed);
+            allow_changed = 0; /* that APPS carried it */
             changed++;
         }
     }
+    /* The public side judges registrations by the allowlist: tell it. */
+    if (allow_changed && private_push_apps(NULL, 0, NULL, 0, 1) < 0)
+        log_info("ev=reload_allow_not_sent msg=\"the public side learns the new --allow rules "
+                 "at the next reconnect (no tunnel up, or it is older than protocol version 4)\"");
     {
         const struct {
             const char *key;

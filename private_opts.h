@@ -83,8 +83,11 @@ int private_parse_args(struct private_cfg *c, int argc, char **argv, int reloadi
 /* Put c's allowlist in force (taking it: c->allow is emptied). 0 or -1. */
 int private_allow_install(struct private_cfg *c);
 /* proxy_private.c: the apps that changed on a reload, sent on the running
- * tunnel. 1 sent, 0 nothing changed, -1 not sent (next HELLO carries them). */
-int private_push_apps(const struct app_req *old, int nold, const struct app_req *now, int nnow);
+ * tunnel with the allowlist in force (also when only it changed:
+ * allow_changed). 1 sent, 0 nothing changed, -1 not sent (next HELLO carries
+ * them). */
+int private_push_apps(const struct app_req *old, int nold, const struct app_req *now, int nnow,
+                      int allow_changed);
 /* A reference to the allowlist in force (NULL before the first install), and
  * its release. */
 struct allow_snap *private_allow_get(void);

@@ -60,6 +60,34 @@ static int apps_count(void)
 
 static void app_extras(const struct app_req *a, json_t *e);
 
+/* Bytes of rules HELLO and APPS carry at most in "allow" (a HELLO must fit
+ * the public side's pre-handshake limit with all its apps). */
+#define ALLOW_MEMBER_MAX 8192
+
+/* The allowlist in force as HELLO's and APPS' "allow", which lets the public
+ * side refuse registrations this side would refuse; NULL (member left out,
+ * the public side then cannot tell) when larger than ALLOW_MEMBER_MAX. */
+static json_t *allow_member(void)
+{
+    struct allow_snap *s = private_allow_get();
+    json_t *arr = s ? allow_to_json(&s->al) : NULL, *r;
+    size_t i, bytes = 0;
+
+    private_allow_put(s);
+    json_array_foreach(arr, i, r)
+        bytes += json_string_length(r) + 4;
+    if (bytes > ALLOW_MEMBER_MAX) {
+        static _Atomic int said;
+        if (!said++)
+            log_info("ev=allow_not_sent bytes=%zu msg=\"the --allow rules are too long to send; "
+                     "the public side accepts every target and this side refuses what they do not "
+                     "allow\"", bytes);
+        json_decref(arr);
+        arr = NULL;
+    }
+    return arr;
+}
+
 static json_t *hello_packet(int *napps)
 {
     json_t *apps = json_array(), *udp_apps = NULL, *ftp_apps = NULL;
@@ -96,10 +124,11 @@ static json_t *hello_packet(int *napps)
      * "max_version" the highest: the public side picks. UDP apps go in
      * "udp_apps", FTP apps in "ftp_apps", which a server without UDP or FTP
      * ignores (docs/PROTOCOL.md). */
-    return packet(OP_HELLO, "{s:i,s:i,s:s,s:s,s:i,s:i,s:o*,s:o*,s:o*}", "version",
+    return packet(OP_HELLO, "{s:i,s:i,s:s,s:s,s:i,s:i,s:o*,s:o*,s:o*,s:o*}", "version",
                   PKT_PROTO_MIN, "max_version", PKT_PROTO_VERSION, "token", cfg.token, "name",
                   cfg.name, "window", PKT_WINDOW_DEFAULT, "resume_grace", (int)cfg.resume_grace,
-                  "apps", apps, "udp_apps", udp_apps, "ftp_apps", ftp_apps);
+                  "apps", apps, "udp_apps", udp_apps, "ftp_apps", ftp_apps, "allow",
+                  allow_member());
 }
 
 static int dial_allowed(const char *host, int port, int timeout_ms, char *err, size_t errlen,
@@ -180,10 +209,12 @@ static json_t *app_request(const struct app_req *a)
 }
 
 /* An APPS request for the apps that changed on a reload (old before, now
- * after), on the running tunnel when the public side speaks version 4.
+ * after), with the allowlist in force, on the running tunnel when the public
+ * side speaks version 4; sent also with no app changed when allow_changed.
  * 1 sent, 0 nothing to send, -1 not sent (no tunnel up, or an older public
  * side: then the next HELLO carries the apps). */
-int private_push_apps(const struct app_req *old, int nold, const struct app_req *now, int nnow)
+int private_push_apps(const struct app_req *old, int nold, const struct app_req *now, int nnow,
+                      int allow_changed)
 {
     json_t *unreg = json_array(), *reg = json_array();
     struct tunnel *t;
@@ -208,7 +239,7 @@ int private_push_apps(const struct app_req *old, int nold, const struct app_req 
         json_decref(reg);
         return -1;
     }
-    if (json_array_size(unreg) == 0 && json_array_size(reg) == 0) {
+    if (json_array_size(unreg) == 0 && json_array_size(reg) == 0 && !allow_changed) {
         json_decref(unreg);
         json_decref(reg);
         return 0;
@@ -220,7 +251,8 @@ int private_push_apps(const struct app_req *old, int nold, const struct app_req 
     pthread_mutex_unlock(&state_lock);
     if (t && !tunnel_is_dead(t) && tunnel_version(t) >= PKT_PROTO_APPS) {
         /* packet() takes both arrays, whatever becomes of the send. */
-        json_t *op = packet(OP_APPS, "{s:o,s:o}", "unregister", unreg, "register", reg);
+        json_t *op = packet(OP_APPS, "{s:o,s:o,s:o*}", "unregister", unreg, "register", reg,
+                            "allow", allow_member());
         unreg = reg = NULL;
         if (tunnel_send(t, op, NULL, 0) == 0)
             rc = 1;

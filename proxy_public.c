@@ -78,7 +78,7 @@ static void register_one(json_t *a, const char *priv, int kind, int version,
 {
     static const char *const lists[] = {"apps", "udp_apps", "ftp_apps"};
     struct app_spec spec;
-    char err[300];
+    char err[PKT_HOST_MAX * 2 + 300];
     int status = registry_spec_from_json(a, &spec, err, sizeof(err)) == 0 ? 0 : 400;
     int is = spec.ftp ? 2 : spec.udp ? 1 : 0;
 
@@ -161,6 +161,9 @@ static void *apps_job_main(void *arg)
         json_decref(results);
         goto out;
     }
+    /* A reload's new --allow rules come first: they judge what follows. */
+    if (json_object_get(job->req, "allow"))
+        registry_private_set_allow(priv, json_object_get(job->req, "allow"));
     json_array_foreach(json_object_get(job->req, "unregister"), i, a) {
         char err[300];
         const char *name = json_string_value(a);
@@ -563,6 +566,8 @@ static void *tunnel_main(void *arg)
         tunnel_fail(t, "too_many_privates", "this server knows too many private proxies");
         goto out;
     }
+    /* Its --allow rules, by which the API judges registrations for it. */
+    registry_private_set_allow(name, json_object_get(p.json, "allow"));
     if (version >= 2) {
         json_t *g = json_object_get(p.json, "resume_grace");
         grace = cfg.resume_grace;

@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "allow.h"
 #include "ftp_data.h"
 #include "log.h"
 #include "netio.h"
@@ -71,6 +72,8 @@ struct priv {
     uint64_t reconnects;
     struct tunnel_resume_stats done; /* of its sessions that ended */
     uint64_t refused_until;     /* mono_ms(): kicked, refused until then */
+    struct allowlist *home_allow; /* its --allow rules as its last HELLO or APPS said
+                                     them; NULL when it did not (older, or too long) */
     struct priv *next;
 };
 
@@ -118,6 +121,33 @@ static struct priv *find_priv(const char *name)
         if (strcmp(p->name, name) == 0)
             return p;
     return NULL;
+}
+
+static void home_allow_free(struct allowlist *al)
+{
+    if (al) {
+        allow_free(al);
+        free(al);
+    }
+}
+
+/* Would the private proxy of s refuse to dial s's target? Its --allow rules
+ * (HELLO, APPS) admit nothing of it: then the reason in out, else NULL (also
+ * when it cannot be told: the private is offline, its rules may change
+ * meanwhile, or a CIDR rule might admit the name). Under reg.lock. */
+static const char *home_refusal_locked(const struct app_spec *s, char *out, size_t cap)
+{
+    const struct priv *p = find_priv(s->private_name);
+    char rule[PKT_HOST_MAX + 16];
+
+    if (!p || !p->home_allow || !p->t || tunnel_is_dead(p->t) ||
+        allow_judge(p->home_allow, s->target_host, s->target_port) != ALLOW_NO)
+        return NULL;
+    allow_rule_for(s->target_host, s->target_port, rule, sizeof(rule));
+    snprintf(out, cap, "private proxy '%s' would refuse to dial %s: its --allow rules do not "
+             "permit it; add --allow %s to its command line (or 'allow = %s' to its config file)",
+             p->name, rule, rule, rule);
+    return out;
 }
 
 static unsigned count_privs(void)
@@ -523,9 +553,12 @@ static void handle_client(struct app *a, int fd, const struct sockaddr_storage *
         return;
     }
     if (p && p->t && !tunnel_is_dead(p->t)) {
+        char why[PKT_HOST_MAX * 2 + 300];
         t = p->t;
         tunnel_ref(t);
         limit = over_limit_locked(a, t);
+        if (!limit && home_refusal_locked(&s, why, sizeof(why)))
+            limit = "its private proxy's --allow rules do not permit the target";
     }
     pthread_mutex_unlock(&reg.lock);
     if (!t) {
@@ -1206,6 +1239,11 @@ int registry_register_as(const struct app_spec *in, int from_private, const stru
             goto out;
         }
     }
+    /* Last: what is wrong on this side is said first. */
+    if (home_refusal_locked(&s, err, errlen)) {
+        status = 422;
+        goto out;
+    }
     if (!old && napps >= MAX_APPS) {
         snprintf(err, errlen, "too many apps (at most %d)", MAX_APPS);
         status = 409;
@@ -1671,6 +1709,11 @@ json_t *registry_list_as(const struct principal *who)
         if (a->port_refused)
             json_object_set_new(o, "error", json_string("its public port is not allowed by "
                                                         "--allow-ports"));
+        {
+            char why[PKT_HOST_MAX * 2 + 300];
+            if (home_refusal_locked(&a->spec, why, sizeof(why)))
+                json_object_set_new(o, "home_refuses", json_string(why));
+        }
         if (a->spec.udp) {
             const struct app_stats *st = a->stats;
             json_object_set_new(o, "active_sessions", json_integer((json_int_t)st->active));
@@ -1884,6 +1927,36 @@ int registry_private_known(const char *name)
     return p ? 0 : -1;
 }
 
+void registry_private_set_allow(const char *name, const json_t *rules)
+{
+    struct allowlist *al = NULL, *old = NULL;
+    struct priv *p;
+    char err[300];
+
+    if (rules) {
+        al = malloc(sizeof(*al));
+        if (!al || allow_init(al) != 0) {
+            free(al);
+            al = NULL;
+        } else if (allow_from_json(al, rules, err, sizeof(err)) != 0) {
+            log_warn("ev=home_allow_unreadable name=%s err=\"%s\" msg=\"its registrations are "
+                     "not checked against its --allow rules\"", name, err);
+            home_allow_free(al);
+            al = NULL;
+        }
+    }
+    pthread_mutex_lock(&reg.lock);
+    p = find_priv(name);
+    if (p) {
+        old = p->home_allow;
+        p->home_allow = al;
+        al = NULL;
+    }
+    pthread_mutex_unlock(&reg.lock);
+    home_allow_free(old);
+    home_allow_free(al);
+}
+
 void registry_private_up(const char *name, struct tunnel *t, const char *addr)
 {
     struct tunnel *old = NULL;
@@ -2073,6 +2146,7 @@ void registry_shutdown(void)
         struct priv *p = reg.privs;
         reg.privs = p->next;
         tunnel_unref(p->t);
+        home_allow_free(p->home_allow);
         free(p);
     }
     pthread_mutex_unlock(&reg.lock);

@@ -116,6 +116,9 @@ char *registry_metrics(void);
  * exists (0, or -1 when there are too many); private_up puts the tunnel online
  * and replaces (kills) an older tunnel of the same name. */
 int registry_private_known(const char *name);
+/* The private's --allow rules (HELLO's or APPS' "allow"; NULL: it did not
+ * say), by which registrations for it are judged while it is online. */
+void registry_private_set_allow(const char *name, const json_t *rules);
 void registry_private_up(const char *name, struct tunnel *t, const char *addr);
 void registry_private_down(const char *name, struct tunnel *t);
 /* The live session of private name, with a reference (tunnel_unref it), or NULL. */

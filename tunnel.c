@@ -152,7 +152,7 @@ struct conn {
     int peer_closed;            /* got CLOSE */
     int abort;                  /* drop now; reason in why */
     int reset_after;            /* peer failed: flush the queue, then reset */
-    char why[64];
+    char why[PKT_REASON_MAX + 1]; /* whole, as CLOSE may carry it */
     _Atomic size_t inflight;    /* DATA bytes sent, not yet acknowledged: only the
                                    relay thread adds, only the reader subtracts */
     size_t rx_unacked;          /* DATA bytes received, not yet acknowledged */
@@ -1547,7 +1547,7 @@ static int dispatch(struct tunnel *t, struct pkt *p, tunnel_op_fn fn, void *arg,
             const char *why = json_string_value(json_object_get(p->json, "reason"));
             c->peer_closed = 1;
             if (!c->connected) {
-                char esc[48];
+                char esc[PKT_REASON_MAX + 1];
                 conn_abort_locked(c, log_escape(why ? why : "refused", esc, sizeof(esc)));
             } else if (why && strcmp(why, "done") != 0) {
                 /* The far end failed: still deliver what it sent before,
@@ -2364,7 +2364,7 @@ static void conn_finish(struct conn *c, int orderly, const char *why)
 {
     struct tunnel *t = c->t;
     int tell_peer, connected, waited = 0, awaiting;
-    char esc[64];
+    char esc[PKT_REASON_MAX + 1];
 
     pthread_mutex_lock(&c->lock);
     if (c->reset_after)

@@ -224,7 +224,7 @@ out:
 
 static int api_register(struct mg_connection *conn, const struct principal *who)
 {
-    char err[300];
+    char err[PKT_HOST_MAX * 2 + 300];
     struct app_spec spec;
     int status;
     json_t *body = read_json_body(conn, &status, err, sizeof(err));

@@ -104,6 +104,11 @@ VALID = {
                                                        "target_port": 8443, "proxy_protocol": 1,
                                                        "allow_from": ["192.0.2.0/24",
                                                                       "2001:db8::/32"]}]}),
+    "hello_allow": frame({"op": 1, "version": 1, "max_version": 6, "token": "t", "name": "h",
+                          "window": 65536, "allow": ["127.0.0.0/8:1-65535", "::1/128:1-65535",
+                                                     "[2001:db8::5]:443", "nas.lan:22", "any"]}),
+    "apps_allow": frame({"op": 18, "unregister": [], "register": [],
+                         "allow": ["192.0.2.0/24:1-65535"]}),
 }
 MALFORMED = {
     "len0": raw(0),

@@ -93,11 +93,13 @@ run_lane() {
         name=$(basename "$f" .py)
         mkdir "$OUT/.taken.$name" 2>/dev/null || continue
         # -k: SIGKILL if the file does not stop within 10 s of the SIGTERM.
+        t0=$(date +%s)
         timeout -k 10 "$FILE_LIMIT" "$PY" "$f" >"$OUT/$name.txt" 2>&1 &
         CHILD=$!
         wait $CHILD
         rc=$?
         CHILD=""
+        echo $(($(date +%s) - t0)) >"$OUT/$name.secs"
         if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
             echo "   TIMEOUT after ${FILE_LIMIT}s" >>"$OUT/$name.txt"
         fi
@@ -123,7 +125,7 @@ trap - INT TERM
 
 for f in $FILES; do
     name=$(basename "$f" .py)
-    echo "-- $name"
+    echo "-- $name ($(cat "$OUT/$name.secs" 2>/dev/null || echo '?') s)"
     # Show unittest's per-test lines and any failure details.
     sed -n -e '/ \.\.\. /p' -e '/^FAIL:/p' -e '/^ERROR:/p' -e '/^Ran /p' -e '/^OK/p' \
         -e '/^FAILED/p' -e '/TIMEOUT/p' "$OUT/$name.txt" 2>/dev/null | sed 's/^/   /'

@@ -427,6 +427,8 @@
       private: a.private === undefined || a.private === null ? '' : String(a.private),
       online: a.online === true,
       disabled: a.disabled === true,
+      // Why its private proxy would refuse to dial the target (its --allow rules), if it would.
+      home_refuses: typeof a.home_refuses === 'string' ? a.home_refuses : '',
       // Registered by a scoped token: its id, and its label ("(revoked)" once it is).
       owner: typeof a.owner === 'string' ? a.owner : '',
       owner_label: typeof a.owner_label === 'string' ? a.owner_label : '',
@@ -702,6 +704,11 @@
         rateOut: cell(tr, 'Out now', 'num'),
         actions: cell(tr, 'Actions', 'actions'),
       });
+      // Why the home side would refuse the target: shown under the badge.
+      row.why = document.createElement('small');
+      row.why.className = 'why';
+      row.why.hidden = true;
+      row.state.parentNode.appendChild(row.why);
       row.port.classList.add('col-port');
       row.active.classList.add('col-active');
       row.total.classList.add('col-total');
@@ -730,7 +737,10 @@
       setAttr(row.owner, 'title', a.owner ? 'token id ' + a.owner : 'registered with the admin token');
       row.disabled = a.disabled;
       if (a.disabled) setBadge(row.state, 'disabled', 'disabled');
+      else if (a.home_refuses) setBadge(row.state, 'home refuses', 'refused');
       else setState(row.state, a.online);
+      setText(row.why, a.home_refuses);
+      if (row.why.hidden !== !a.home_refuses) row.why.hidden = !a.home_refuses;
       setText(row.toggle, a.disabled ? 'Enable' : 'Disable');
       setAttr(row.toggle, 'aria-label', (a.disabled ? 'Enable ' : 'Disable ') + a.name);
       setText(row.active, formatCount(a.active_connections) +

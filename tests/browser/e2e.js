@@ -816,11 +816,13 @@ const steps = [
       'POST /register with port 70000 answered ' + r.status + ' ' + r.text.slice(0, 200));
   }],
 
-  ['the web port, the tunnel port and a taken name are refused with the server\'s words', async () => {
+  ['the web port, the tunnel port, a taken name and a target the home side refuses are refused with the server\'s words', async () => {
     for (const [fields, status, what] of [
       [{ name: 'bad', public_port: WEB_PORT }, 400, 'the web port'],
       [{ name: 'bad', public_port: TUNNEL_PORT }, 400, 'the tunnel port'],
       [{ name: APP, public_port: await freePort() }, 409, 'a taken name'],
+      // "home" runs with the default allowlist (loopback and its --register targets).
+      [{ name: 'bad', public_port: await freePort(), target_host: '192.0.2.1' }, 422, 'a target outside home\'s --allow rules'],
     ]) {
       const body = Object.assign({ target_host: '127.0.0.1', target_port: APP_PORT, private: 'home' }, fields);
       const direct = await apiRaw('POST', '/register', body);

@@ -1,4 +1,5 @@
-/* Unit tests: cidr.c (allow_from), proxy_proto.c (PROXY headers), netio's
+/* Unit tests: cidr.c (allow_from), allow.c (the private's rules as the
+ * public side sees and judges them), proxy_proto.c (PROXY headers), netio's
  * address parsing and notation, and BUILD_CONNECTION's version 6 members. */
 
 #include <arpa/inet.h>
@@ -7,6 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "allow.h"
 #include "cidr.h"
 #include "netio.h"
 #include "packet.h"
@@ -267,4 +269,67 @@ void test_build_addr_members(void)
     CHECK(build_ok(H ",\"allow_from\":\"192.0.2.0/24\"}]}") == -1, "allow_from not an array");
 #undef B
 #undef H
+}
+
+/* What the private sends in HELLO's "allow" reads back as the same rules, and
+ * the public side refuses only what no rule can admit. */
+void test_allow_judge(void)
+{
+    static const char *const rules[] = {"127.0.0.0/8:1-65535", "::1/128:80-90", "nas.lan:22",
+                                        "192.0.2.7:8080", "[2001:db8::5]:443"};
+    struct allowlist al, back, none;
+    char err[200], rule[300];
+    json_t *arr;
+
+    CHECK(allow_init(&al) == 0 && allow_init(&back) == 0 && allow_init(&none) == 0, "init");
+    for (size_t i = 0; i < sizeof(rules) / sizeof(rules[0]); i++)
+        CHECK(allow_add(&al, rules[i], err, sizeof(err)) == 0, "'%s': %s", rules[i], err);
+    arr = allow_to_json(&al);
+    CHECK(arr && json_array_size(arr) == 5, "five rules out");
+    for (size_t i = 0; arr && i < json_array_size(arr); i++)
+        CHECK(strcmp(json_string_value(json_array_get(arr, i)), rules[i]) == 0, "rule %zu is %s",
+              i, json_string_value(json_array_get(arr, i)));
+    CHECK(allow_from_json(&back, arr, err, sizeof(err)) == 0 && back.n == 5, "read back: %s", err);
+    json_decref(arr);
+
+    CHECK(allow_judge(&back, "127.0.0.9", 5) == ALLOW_YES, "loopback CIDR");
+    CHECK(allow_judge(&back, "::ffff:127.0.0.1", 5) == ALLOW_YES, "a mapped address as IPv4");
+    CHECK(allow_judge(&back, "::1", 85) == ALLOW_YES, "::1 in its port range");
+    CHECK(allow_judge(&back, "::1", 91) == ALLOW_NO, "::1 outside its port range");
+    CHECK(allow_judge(&back, "NAS.lan", 22) == ALLOW_YES, "a host rule, any case");
+    CHECK(allow_judge(&back, "192.0.2.7", 8080) == ALLOW_YES, "an exact address rule");
+    CHECK(allow_judge(&back, "192.0.2.7", 8081) == ALLOW_NO, "its port only");
+    CHECK(allow_judge(&back, "192.0.2.8", 8080) == ALLOW_NO, "another address");
+    CHECK(allow_judge(&back, "2001:db8::5", 443) == ALLOW_YES, "an IPv6 host rule");
+    CHECK(allow_judge(&back, "localhost", 80) == ALLOW_MAYBE, "a name a CIDR rule may admit");
+    CHECK(allow_judge(&back, "nas.lan", 23) == ALLOW_MAYBE, "so is any name on a covered port");
+    CHECK(allow_judge(&none, "localhost", 80) == ALLOW_NO, "no rules: nothing");
+    CHECK(allow_add(&none, "nas.lan:22", err, sizeof(err)) == 0, "one host rule");
+    CHECK(allow_judge(&none, "other.lan", 22) == ALLOW_NO, "no CIDR rule: a name is certain");
+    CHECK(allow_add(&none, "any", err, sizeof(err)) == 0 && allow_judge(&none, "x", 1) == ALLOW_YES,
+          "any");
+    arr = allow_to_json(&none);
+    CHECK(arr && strcmp(json_string_value(json_array_get(arr, 0)), "any") == 0, "any goes first");
+    json_decref(arr);
+
+    allow_rule_for("2001:db8::1", 22, rule, sizeof(rule));
+    CHECK(strcmp(rule, "[2001:db8::1]:22") == 0, "IPv6 rule in brackets: %s", rule);
+    allow_rule_for("nas.lan", 22, rule, sizeof(rule));
+    CHECK(strcmp(rule, "nas.lan:22") == 0, "host rule: %s", rule);
+
+    arr = json_pack("[s,i]", "any", 3);
+    allow_free(&back);
+    CHECK(allow_init(&back) == 0 && allow_from_json(&back, arr, err, sizeof(err)) == -1,
+          "a number refused");
+    json_decref(arr);
+    arr = json_pack("[s]", "nonsense");
+    CHECK(allow_from_json(&back, arr, err, sizeof(err)) == -1 && strstr(err, "nonsense"),
+          "a bad rule refused, named: %s", err);
+    json_decref(arr);
+    arr = json_object();
+    CHECK(allow_from_json(&back, arr, err, sizeof(err)) == -1, "not an array");
+    json_decref(arr);
+    allow_free(&al);
+    allow_free(&back);
+    allow_free(&none);
 }

@@ -973,6 +973,28 @@ static void test_udp_members(void)
                                      "\"udp_idle_timeout\":3601}]");
     MEMBER_BAD(OP_HELLO, "udp_apps", "{}");
     MEMBER_OK(OP_HELLO, "max_version", "3");
+    /* The private's allowlist: strings, bounded in number and size. */
+    MEMBER_OK(OP_HELLO, "allow", "[\"127.0.0.0/8:1-65535\",\"any\",\"[::1]:80\"]");
+    MEMBER_OK(OP_APPS, "allow", "[]");
+    MEMBER_BAD(OP_HELLO, "allow", "\"any\"");
+    MEMBER_BAD(OP_HELLO, "allow", "[1]");
+    MEMBER_BAD(OP_APPS, "allow", "[\"a\\u0000b:1\"]");
+    {
+        char many[PKT_ALLOW_MAX * 8 + 16], big[PKT_ALLOW_RULE_MAX + 8];
+        size_t n = 0;
+        n += (size_t)snprintf(many + n, sizeof(many) - n, "[");
+        for (int i = 0; i <= PKT_ALLOW_MAX; i++)
+            n += (size_t)snprintf(many + n, sizeof(many) - n, "%s\"any\"", i ? "," : "");
+        snprintf(many + n, sizeof(many) - n, "]");
+        MEMBER_BAD(OP_HELLO, "allow", many);
+        memset(big, 'a', sizeof(big));
+        big[0] = '[';
+        big[1] = '"';
+        big[sizeof(big) - 3] = '"';
+        big[sizeof(big) - 2] = ']';
+        big[sizeof(big) - 1] = '\0';
+        MEMBER_BAD(OP_HELLO, "allow", big);
+    }
 }
 
 /* FTP members (version 5): the four operations, BUILD_CONNECTION's "ftp",
@@ -1494,6 +1516,7 @@ static const struct {
     {"config_files", test_config_files},
     {"log_summary", test_log_summary},
     {"cidr_lists", test_cidr_lists},
+    {"allow_judge", test_allow_judge},
     {"addr_notation", test_addr_notation},
     {"proxy_proto_headers", test_proxy_proto_headers},
     {"build_addr_members", test_build_addr_members},
