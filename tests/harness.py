@@ -325,6 +325,11 @@ def udp_ask(sock, data, addr, timeout, refused_ok=False):
     return None
 
 
+# Ports free_port_range() gave this process: never given twice (a test may
+# take a range it binds only later, then a port that must not fall in it).
+_HANDED_OUT = set()
+
+
 def free_port_range(n):
     """n consecutive free ports, below the ephemeral range (32768 and up, where
     every test's bind-to-port-0 ports and the busy machine's connections are),
@@ -332,8 +337,12 @@ def free_port_range(n):
     the default --ftp-ports (30000-30999), which a fixed range must not
     overlap. Returns (first, last)."""
     rng = random.Random()
+    if len(_HANDED_OUT) > 5000:
+        _HANDED_OUT.clear()
     for _ in range(200):
         lo = rng.randrange(20000, 29999 - n)
+        if any(p in _HANDED_OUT for p in range(lo, lo + n)):
+            continue  # handed out before, maybe not bound yet (an --ftp-ports range)
         socks = []
         try:
             for p in range(lo, lo + n):
@@ -342,6 +351,7 @@ def free_port_range(n):
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 s.bind(("127.0.0.1", p))
                 s.listen(1)
+            _HANDED_OUT.update(range(lo, lo + n))
             return lo, lo + n - 1
         except OSError:
             continue
