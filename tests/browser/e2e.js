@@ -222,7 +222,7 @@ function watchPage(p) {
   p.on('console', (m) => {
     const t = m.text();
     if (/Content Security Policy|Refused to/i.test(t)) problems.push('CSP: ' + t);
-    else if (m.type() === 'error' && !/status of (400|401|404|409)/.test(t) && !serverGone) problems.push('console error: ' + t);
+    else if (m.type() === 'error' && !/status of (400|401|404|409|422)/.test(t) && !serverGone) problems.push('console error: ' + t);
   });
 }
 
