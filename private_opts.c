@@ -50,7 +50,7 @@ static void usage(FILE *f)
             "  --token-file FILE    read the token from FILE (mode 600, yours or root's)\n"
             "  --name NAME          name of this private proxy (default: the host name)\n"
             "  --register NAME:PUBLIC_PORT:TARGET_HOST:TARGET_PORT[/udp|/ftp[=LOW-HIGH]]\n"
-            "             [,proxy_protocol=1|2][,allow_from=CIDR[+CIDR...]]\n"
+            "             [,proxy_protocol=1|2][,udp_idle=S][,allow_from=CIDR[+CIDR...]]\n"
             "                       ask the public side to open PUBLIC_PORT for the app at\n"
             "                       TARGET_HOST:TARGET_PORT (repeatable, re-sent on reconnect);\n"
             "                       /udp: a UDP app (datagrams); /ftp: an FTP server (its\n"
@@ -59,6 +59,8 @@ static void usage(FILE *f)
             "                       fixed passive range, forwarded port for port; else TCP.\n"
             "                       proxy_protocol: send the app a PROXY protocol v1/v2\n"
             "                       header with the client's address (TCP apps);\n"
+            "                       udp_idle: seconds (5-3600, default 120) without a\n"
+            "                       datagram after which a UDP session ends;\n"
             "                       allow_from: only clients from these networks (IPv4\n"
             "                       and IPv6, e.g. allow_from=192.0.2.0/24+2001:db8::/32).\n"
             "                       An IPv6 TARGET_HOST goes in brackets: [::1]\n"
@@ -93,8 +95,9 @@ static void usage(FILE *f)
             "restart. SIGINT and SIGTERM stop it. See proxy_private(1).\n");
 }
 
-/* The options after an app's first comma: proxy_protocol=1|2 and
- * allow_from=CIDR[+CIDR...] (repeatable), joined by commas. 0 or -1. */
+/* The options after an app's first comma: proxy_protocol=1|2,
+ * allow_from=CIDR[+CIDR...] (repeatable) and udp_idle=SECONDS, joined by
+ * commas. 0 or -1. */
 static int parse_register_options(char *opts, struct app_req *r)
 {
     char *save = NULL, *o;
@@ -105,6 +108,14 @@ static int parse_register_options(char *opts, struct app_req *r)
             r->proxy_protocol = o[15] - '0';
         } else if (strcmp(o, "proxy_protocol=0") == 0) {
             r->proxy_protocol = 0;
+        } else if (strncmp(o, "udp_idle=", 9) == 0) {
+            char *end;
+            long v;
+            errno = 0;
+            v = strtol(o + 9, &end, 10);
+            if (errno || end == o + 9 || *end || v < PKT_IDLE_MIN || v > PKT_IDLE_MAX)
+                return -1;
+            r->udp_idle = (int)v;
         } else if (strncmp(o, "allow_from=", 11) == 0) {
             char *save2 = NULL, *c;
             if (!o[11])
@@ -175,6 +186,8 @@ static int parse_register(const char *arg, struct app_req *r)
         return -1;
     if (r->proxy_protocol && (r->udp || r->ftp))
         return -1; /* the PROXY protocol is for TCP apps */
+    if (r->udp_idle && !r->udp)
+        return -1; /* an idle time is a UDP session's */
     snprintf(r->name, sizeof(r->name), "%.64s", buf);
     snprintf(r->host, sizeof(r->host), "%.253s", host);
     return 0;
@@ -321,7 +334,8 @@ static int set_option(struct private_cfg *c, const char *name, const char *v, in
         if (parse_register(v, &c->apps[c->napps]) != 0) {
             snprintf(err, errlen, "%s '%s' is not NAME:PUBLIC_PORT:TARGET_HOST:TARGET_PORT"
                      " (or .../udp, .../ftp, .../ftp=LOW-HIGH; then ,proxy_protocol=1|2 for TCP"
-                     " apps, ,allow_from=CIDR[+CIDR...], at most %d)", what, v, CIDR_MAX);
+                     " apps, ,udp_idle=%d-%d (seconds) for UDP apps, ,allow_from=CIDR[+CIDR...],"
+                     " at most %d)", what, v, PKT_IDLE_MIN, PKT_IDLE_MAX, CIDR_MAX);
             return -1;
         }
         c->apps_from_file = from_file;
@@ -559,6 +573,7 @@ static int app_eq(const struct app_req *a, const struct app_req *b)
            strcmp(a->host, b->host) == 0 && a->target_port == b->target_port &&
            a->udp == b->udp && a->ftp == b->ftp && a->ftp_lo == b->ftp_lo &&
            a->ftp_hi == b->ftp_hi && a->proxy_protocol == b->proxy_protocol &&
+           a->udp_idle == b->udp_idle &&
            cidr_list_equal(&a->allow_from, &b->allow_from);
 }
 

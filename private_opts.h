@@ -27,6 +27,7 @@ struct app_req {
     int ftp;                    /* .../ftp, .../ftp=LOW-HIGH */
     int ftp_lo, ftp_hi;         /* the fixed passive range (FTPS), or 0 */
     int proxy_protocol;         /* ...,proxy_protocol=1|2 */
+    int udp_idle;               /* .../udp,udp_idle=S (5-3600 s), 0: the public default */
     struct cidr_list allow_from; /* ...,allow_from=CIDR[+CIDR...] (repeatable) */
 };
 

@@ -179,13 +179,16 @@ static void log_app_results(json_t *results)
 /* One app of HELLO or APPS: name, ports, target, protocol (and an FTP app's
  * fixed passive range). */
 /* An app's "proxy_protocol" and "allow_from", when set (version 6 public
- * sides use them; older ones ignore them, which take_welcome reports). */
+ * sides use them; older ones ignore them, which take_welcome reports), and a
+ * UDP app's "udp_idle_timeout" (version 3). */
 static void app_extras(const struct app_req *a, json_t *e)
 {
     if (!e)
         return;
     if (a->proxy_protocol)
         json_object_set_new(e, "proxy_protocol", json_integer(a->proxy_protocol));
+    if (a->udp_idle)
+        json_object_set_new(e, "udp_idle_timeout", json_integer(a->udp_idle));
     if (a->allow_from.n) {
         json_t *arr = cidr_list_to_json(&a->allow_from);
         if (arr)

@@ -2,7 +2,7 @@
 client address, idle expiry, limits, drops counted by reason, a UDP flood that
 leaves TCP on the same tunnel working, and the UDP operations checked on both
 sides (a hand-written peer stands in for the other program). DNS and
-WireGuard through a real NAT are in tests/nat_udp.sh."""
+WireGuard through a real NAT are in tests/nat_udp.py."""
 import hashlib
 import os
 import select
@@ -190,6 +190,27 @@ class UdpTest(ProxyTest):
         # The client is welcome back: a new session.
         self.assertEqual(self.roundtrip(cs[0], b"again"), b"niaga")
         self.assertEqual(self.app()["total_sessions"], 21)
+
+    def test_idle_time_from_the_register_option(self):
+        """--register .../udp,udp_idle=S sets the app's idle time (as /list
+        shows); out of 5-3600, or on a TCP app, it is refused at start."""
+        self.target = self.server(apps.UdpEchoServer)
+        self.start_public()
+        self.port = free_udp_port()
+        self.start_private(register=["u:%d:127.0.0.1:%d/udp,udp_idle=7" % (self.port,
+                                                                           self.target.port)])
+        self.wait_online(apps=["u"])
+        self.assertEqual(self.app()["udp_idle_timeout"], 7)
+        c = client()
+        self.addCleanup(c.close)
+        self.assertEqual(self.roundtrip(c, b"ping"), b"gnip")  # the echo reverses
+        for bad in ("b:%d:127.0.0.1:9/udp,udp_idle=4", "b:%d:127.0.0.1:9/udp,udp_idle=3601",
+                    "b:%d:127.0.0.1:9/udp,udp_idle=x", "b:%d:127.0.0.1:9,udp_idle=30"):
+            p = self.start_private(name="bad", register=[bad % free_port()])
+            p.expect_exit = None
+            harness.wait_until(lambda: not p.alive(), 10 * SLOW, "private exits on " + bad)
+            self.assertNotEqual(p.popen.returncode, 0, bad)
+            self.assertIn("udp_idle=5-3600", p.output(), bad)
 
     def test_one_way_streams_are_not_cut(self):
         """Traffic in one direction only keeps a session alive past its idle

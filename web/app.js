@@ -446,6 +446,10 @@
       total_data: num(a.total_data_connections),
       bytes_in: num(a.bytes_in),
       bytes_out: num(a.bytes_out),
+      // A UDP app: datagrams each way and those dropped, by reason.
+      datagrams_in: num(a.datagrams_in),
+      datagrams_out: num(a.datagrams_out),
+      drops: a.drops && typeof a.drops === 'object' ? a.drops : null,
     }));
     pollCount++;
     updateRates(apps, now);
@@ -709,6 +713,11 @@
       row.why.className = 'why';
       row.why.hidden = true;
       row.state.parentNode.appendChild(row.why);
+      // A UDP app's datagrams and drops: under its session counts.
+      row.dgrams = document.createElement('small');
+      row.dgrams.className = 'dgrams';
+      row.dgrams.hidden = true;
+      row.total.appendChild(row.dgrams);
       row.port.classList.add('col-port');
       row.active.classList.add('col-active');
       row.total.classList.add('col-total');
@@ -746,8 +755,9 @@
       setText(row.active, formatCount(a.active_connections) +
         (a.ftp ? ' / ' + formatCount(a.active_data) : ''));
       setAttr(row.active, 'data-value', String(a.active_connections));
-      setText(row.total, formatCount(a.total_connections) +
-        (a.ftp ? ' / ' + formatCount(a.total_data) : ''));
+      setTotal(row, a.ftp ? formatCount(a.total_connections) + ' / ' + formatCount(a.total_data)
+        : formatCount(a.total_connections));
+      setDatagrams(row, a);
       setAttr(row.total, 'data-value', String(a.total_connections));
       setBytes(row.bytesIn, a.bytes_in);
       setBytes(row.bytesOut, a.bytes_out);
@@ -760,6 +770,42 @@
       setAttr(row.rateOut, 'data-value', rout === null ? '' : String(Math.round(rout)));
     });
     el.appsEmpty.hidden = apps.length !== 0;
+  }
+
+  // The Total cell: its count as the first text node (the datagram line stays beside it).
+  function setTotal(row, text) {
+    const first = row.total.firstChild;
+    if (first && first.nodeType === Node.TEXT_NODE) {
+      if (first.nodeValue !== text) first.nodeValue = text;
+    } else {
+      row.total.insertBefore(document.createTextNode(text), first);
+    }
+  }
+
+  const DROP_REASONS = [['oversize', 'too large'], ['queue_full', 'queue full'],
+    ['session_limit', 'session limit'], ['unreachable', 'target unreachable'],
+    ['tunnel_down', 'tunnel down']];
+
+  // "1,204 in · 1,180 out · 3 dropped" for a UDP app; the reasons in the title.
+  function setDatagrams(row, a) {
+    if (!a.udp) {
+      if (!row.dgrams.hidden) row.dgrams.hidden = true;
+      return;
+    }
+    let dropped = 0;
+    const parts = [];
+    for (const [key, label] of DROP_REASONS) {
+      const n = a.drops ? num(a.drops[key]) : 0;
+      if (Number.isFinite(n) && n > 0) {
+        dropped += n;
+        parts.push(label + ': ' + formatCount(n));
+      }
+    }
+    setText(row.dgrams, 'datagrams ' + formatCount(a.datagrams_in) + ' in · ' +
+      formatCount(a.datagrams_out) + ' out · ' + formatCount(dropped) + ' dropped');
+    setAttr(row.dgrams, 'title', parts.length ? 'dropped: ' + parts.join(', ') : 'nothing dropped');
+    setAttr(row.dgrams, 'data-dropped', String(dropped));
+    if (row.dgrams.hidden) row.dgrams.hidden = false;
   }
 
   // POST /disable or /enable. The button stays (its label flips), and so does the focus.

@@ -3,6 +3,7 @@
 // bounded; the first failing step stops the run (the later ones are counted as failed).
 'use strict';
 
+const dgram = require('dgram');
 const net = require('net');
 const { spawn } = require('child_process');
 const fs = require('fs');
@@ -371,7 +372,7 @@ const steps = [
     check((await page.getByLabel('Name', { exact: true }).inputValue()) === '', 'the form was not cleared after success');
   }],
 
-  ['a UDP app registered through the form shows its protocol', async () => {
+  ['a UDP app registered through the form shows its protocol, its datagrams and drops', async () => {
     const port = await freePort();
     const name = APP + '-udp';
     await registerViaForm({ name, public_port: port, target_host: '127.0.0.1', target_port: 53, private: 'home', protocol: 'udp' });
@@ -382,6 +383,17 @@ const steps = [
     const app = (await list()).apps.find((a) => a.name === name);
     check(app && app.protocol === 'udp' && app.public_port === port && app.active_sessions === 0,
       'GET /list does not have the UDP app as registered: ' + JSON.stringify(app));
+    // Datagrams to it: counted in, and shown under its sessions with the drops.
+    const sock = dgram.createSocket('udp4');
+    try {
+      await waitFor('the page to count datagrams in', async () => {
+        await new Promise((resolve) => sock.send(Buffer.from('ping'), port, '127.0.0.1', () => resolve()));
+        const t = await row.locator('td[data-label="Total"] small.dgrams').textContent();
+        return /^datagrams [1-9][0-9,]* in · [0-9,]+ out · [0-9,]+ dropped$/.test(t);
+      });
+    } finally {
+      sock.close();
+    }
     const r = await apiRaw('POST', '/unregister', { name });
     check(r.status === 200, 'unregistering the UDP app answered ' + r.status);
     await row.waitFor({ state: 'detached' });
