@@ -633,12 +633,19 @@
       since: p.connected_since ? String(p.connected_since) : null,
       token: typeof p.token === 'string' ? p.token : '',
       refusedFor: Number.isFinite(p.refused_for) && p.refused_for > 0 ? p.refused_for : 0,
+      // Its tunnel's link broke and it waits for a resume (RFC 3339 time), and what
+      // resumption did so far: links resumed, connections carried over one, lost by one.
+      suspended: p.suspended_since ? String(p.suspended_since) : null,
+      resumes: num(p.resumes),
+      carried: num(p.conns_resumed),
+      lost: num(p.conns_lost_on_break),
     }));
     syncRows(el.privatesBody, privateRows, items, (p) => {
       const row = headedRow(p.name);
       row.state = stateBadge(cell(row.tr, 'State'));
       row.address = cell(row.tr, 'Address', 'mono');
       row.since = timeCell(cell(row.tr, 'Connected since'));
+      row.resumes = cell(row.tr, 'Resumes');
       row.token = cell(row.tr, 'Token');
       row.actions = cell(row.tr, 'Actions', 'actions');
       Object.assign(row, kickControls(p.name));
@@ -649,7 +656,15 @@
     }, (row, p) => {
       setText(row.name, p.name);
       if (p.refusedFor > 0) setBadge(row.state, 'refused for ' + p.refusedFor + ' s', 'refused');
+      else if (p.suspended) setBadge(row.state, 'resuming', 'refused');
       else setState(row.state, p.online);
+      setAttr(row.state, 'title', p.suspended
+        ? 'the link broke at ' + new Date(p.suspended).toLocaleTimeString() +
+          '; its connections wait for it to come back (resume)' : '');
+      setText(row.resumes, formatCount(p.resumes) + ' · carried ' + formatCount(p.carried) +
+        ' · lost ' + formatCount(p.lost));
+      setAttr(row.resumes, 'title', 'links that broke and were resumed; connections carried ' +
+        'over a break; connections closed by one');
       setText(row.address, p.address || '–');
       if (!setTime(row.since, p.since, () => (p.online ? sinceAgo(new Date(p.since)) : ' (last time)'))) {
         setText(row.since.time, p.online ? 'unknown' : 'not since the server started');

@@ -346,6 +346,8 @@ const steps = [
     check(/^127\.0\.0\.1:\d+$/.test(addr.trim()), 'private address shown as "' + addr + '"');
     const since = await row.locator('time').getAttribute('datetime');
     check(since && !Number.isNaN(Date.parse(since)), 'connected since not shown (datetime "' + since + '")');
+    const resumes = (await row.locator('td[data-label="Resumes"]').textContent()).trim();
+    check(resumes === '0 · carried 0 · lost 0', 'the Resumes cell says "' + resumes + '"');
     const opts = await page.getByLabel('Private', { exact: true }).locator('option').allTextContents();
     check(opts.some((o) => o.trim() === 'home'), 'the Private select does not offer "home": ' + JSON.stringify(opts));
   }],
