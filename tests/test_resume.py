@@ -11,12 +11,16 @@ import os
 import re
 import socket
 import struct
+import sys
 import threading
 import time
 
 import harness
-from harness import ProxyTest, SLOW, free_port, recv_exact
+from harness import MODE, ProxyTest, SLOW, free_port, recv_exact
 from helpers import apps
+
+sys.path.insert(0, os.path.join(harness.HERE, "soak"))
+import faultlib  # noqa: E402
 
 
 class CutRelay:
@@ -268,18 +272,80 @@ class ResumeTest(ProxyTest):
 
     def test_longer_than_the_grace_period(self):
         """A cut longer than the grace: the connections are closed with the
-        reason, the private starts a fresh session, the app works again."""
+        reason, the private starts a fresh session, the app works again, and
+        both sides' threads, descriptors (and, in release builds, memory) are
+        back where they were before the connections opened."""
         self.start(pub_extra=["--resume-grace", "3"], priv_extra=["--resume-grace", "3"])
-        session = LineEcho(self.app_port)
-        self.addCleanup(session.close)
-        self.assertTrue(session.roundtrip())
+        for _ in range(3):  # what the first connections create lazily is part of the baseline
+            self.echo_roundtrip(self.app_port)
+        time.sleep(0.5)
+        base = [faultlib.proc_stats(p.pid) for p in (self.public, self.priv)]
+        sessions = [LineEcho(self.app_port) for _ in range(20)]
+        for s in sessions:
+            self.addCleanup(s.close)
+            self.assertTrue(s.roundtrip())
         self.relay.stall()
         self.relay.cut()
         self.public.wait_log(r"ev=tunnel_down .*not resumed within the 3 s grace", 30 * SLOW)
-        self.assertTrue(harness.closed_by_peer(session.sock, 10 * SLOW))
+        for s in sessions:
+            self.assertTrue(harness.closed_by_peer(s.sock, 10 * SLOW))
         self.relay.restore()
         self.wait_online(apps=["e"], timeout=60 * SLOW)
         self.echo_roundtrip(self.app_port)
+        last = {}
+
+        def back():
+            cur = [faultlib.proc_stats(p.pid) for p in (self.public, self.priv)]
+            last["cur"] = cur
+            return all(c.threads <= b.threads + 2 and c.fds <= b.fds + 2 and
+                       (MODE != "release" or c.rss_kib <= b.rss_kib + 16 * 1024)
+                       for b, c in zip(base, cur))
+        if not faultlib.wait_for(back, 30 * SLOW, 0.5):
+            self.fail("not back to the baseline: public, private before %r, now %r" %
+                      (base, last["cur"]))
+
+    def test_replayed_resume_token_is_refused(self):
+        """A resumption token is good for one resume: after the private
+        resumed with it, the same token from another address is refused and
+        counted, and the private (which holds the new one) resumes again.
+        This side speaks the protocol itself to see the tokens."""
+        echo = self.echo
+        self.start_public()
+        app_port = free_port()
+        hello = {"op": harness.OP_HELLO, "version": 1, "max_version": harness.PROTO_VERSION,
+                 "token": self.token, "name": "replay", "window": 1 << 20,
+                 "apps": [{"name": "r", "public_port": app_port, "target_host": "127.0.0.1",
+                           "target_port": echo.port}]}
+
+        def dial(src, extra=None):
+            s = socket.socket()
+            self.addCleanup(s.close)
+            s.bind((src, 0))
+            s.connect(("127.0.0.1", self.tunnel_port))
+            s = harness.wrap_tunnel(s)
+            self.addCleanup(s.close)
+            s.sendall(harness.frame(dict(hello, **(extra or {}))))
+            h, _ = harness.read_frame(s)
+            # close() then resets the link, as a broken home link does.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            return s, h
+        s1, w1 = dial("127.0.0.1")
+        self.assertEqual(w1["op"], harness.OP_WELCOME, w1)
+        sid, first = w1["session"], w1["resume_token"]
+        s1.close()  # the link breaks (a reset)
+        self.public.wait_log(r"ev=tunnel_suspended name=replay", 30 * SLOW)
+        s2, w2 = dial("127.0.0.1", {"resume": {"session": sid, "token": first}})
+        self.assertEqual((w2["op"], w2.get("resumed")), (harness.OP_WELCOME, True), w2)
+        self.assertNotEqual(w2["resume_token"], first, "the resume did not give a new token")
+        mark = len(self.public.output())
+        s2.close()
+        self.public.wait_log(r"ev=tunnel_suspended name=replay", 30 * SLOW, mark)
+        s3, h3 = dial("127.0.0.4", {"resume": {"session": sid, "token": first}})
+        self.assertEqual((h3["op"], h3.get("code")), (harness.OP_ERROR, "resume_refused"), h3)
+        s4, w4 = dial("127.0.0.1", {"resume": {"session": sid, "token": w2["resume_token"]}})
+        self.assertEqual((w4["op"], w4.get("resumed")), (harness.OP_WELCOME, True), w4)
+        st, metrics = self.api("GET", "/metrics")
+        self.assertRegex(metrics, r"nat_resume_refused_total 1\b")
 
     def test_forged_resume_token_is_refused(self):
         """Another address offers the session id with a wrong token: refused,
