@@ -15,7 +15,10 @@ active-mode connections go to whatever PORT says. Through the tunnel:
    directory, download a 50 MiB file and upload one (sha256 checked each way);
 2. ten transfers at once from two client addresses (203.0.113.10 and .11),
    passive and active mixed, each checksummed;
-3. /list counts the control and data connections, and nothing was refused.
+3. /list counts the control and data connections, and nothing was refused;
+4. from outside, 203.0.113.11 cannot take the data port offered to .10's
+   control connection (closed, counted; .10's transfer then works), and a
+   PORT naming another address than the client's own is refused (no bounce).
 Needs root, ip, nft, vsftpd, lftp and curl; without root it prints SKIPPED and
 exits 0. Environment: BIN_DIR (default: repo top), PROXY_EXTRA_ARGS.
 """
@@ -24,6 +27,7 @@ import hashlib
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import threading
@@ -208,11 +212,56 @@ def main():
             NAT.fail("something was refused: %s" % a)
         if a["bytes_out"] < 6 * BIG or a["bytes_in"] < 6 * BIG:
             NAT.fail("/list counts fewer bytes than were moved: %s" % a)
+        # 4. Another outside address cannot take a data port, and no bounce.
+        f = ftplib.FTP()
+        f.connect("203.0.113.10", FTP_PUB, timeout=60, source_address=("203.0.113.10", 0))
+        f.login()
+        host, dport = ftplib.parse227(f.sendcmd("PASV"))
+        thief = socket.socket()
+        thief.bind(("203.0.113.11", 0))
+        thief.settimeout(20)
+        thief.connect((host, dport))
+        try:
+            got = thief.recv(100)
+        except ConnectionResetError:
+            got = b""
+        thief.close()
+        if got:
+            NAT.fail("203.0.113.11 got %r from the data port offered to .10" % got)
+        data = socket.create_connection((host, dport), timeout=20,
+                                        source_address=("203.0.113.10", 0))
+        f.sendcmd("TYPE A")
+        f.putcmd("NLST pub")
+        if not f.getresp().startswith("150"):
+            NAT.fail("NLST after the theft did not start")
+        listing = b""
+        while True:
+            chunk = data.recv(65536)
+            if not chunk:
+                break
+            listing += chunk
+        data.close()
+        if b"pub/big.bin" not in listing or not f.getresp().startswith("226"):
+            NAT.fail("the real client's listing after the theft: %r" % listing[:200])
+        try:
+            r = f.sendcmd("PORT 203,0,113,11,156,64")
+            NAT.fail("a PORT naming 203.0.113.11 was accepted: %s" % r)
+        except ftplib.error_perm as e:
+            if not str(e).startswith("500"):
+                NAT.fail("a PORT naming 203.0.113.11 got %s, not 500" % e)
+        f.quit()
+        a = app()
+        if a["refused_data_connections"] != 1 or a["refused_port_commands"] != 1:
+            NAT.fail("/list counts refused data %d, refused PORT %d (want 1 and 1)" % (
+                a["refused_data_connections"], a["refused_port_commands"]))
+        NAT.step("4. 203.0.113.11 refused on .10's data port (.10's listing then came), a PORT "
+                 "naming 203.0.113.11 refused with 500; counted")
         for p, what in ((pub, "public"), (priv, "private")):
             if p.poll() is not None:
                 NAT.fail("%s exited" % what)
         print("PASS: nat_ftp (curl EPSV/PASV/active, lftp, ftplib passive/active, 50 MiB each "
-              "way, 10 at once from two addresses, vsftpd behind a masquerading NAT)")
+              "way, 10 at once from two addresses, a data port theft and an FTP bounce refused, "
+              "vsftpd behind a masquerading NAT)")
         return 0
     finally:
         if ftp:
