@@ -1307,10 +1307,19 @@ int registry_register_as(const struct app_spec *in, int from_private, const stru
         goto out;
     }
     status = old ? 200 : 201;
-    log_info("ev=app_registered app=%s protocol=%s public_port=%d target=%s:%d private=%s%s%s",
-             s.name, spec_protocol(&s), s.public_port, s.target_host, s.target_port,
-             s.private_name, s.ftp ? " ftp_mode=" : "",
-             s.ftp ? (s.ftp_lo ? "fixed" : "rewrite") : "");
+    {
+        char by[TOKEN_LABEL_MAX * 4 + 40];
+        if (from_private)
+            snprintf(by, sizeof(by), "private:%s", s.private_name);
+        else if (who)
+            principal_who(who, by, sizeof(by));
+        else
+            snprintf(by, sizeof(by), "admin");
+        log_info("ev=app_registered app=%s protocol=%s public_port=%d target=%s:%d private=%s%s%s "
+                 "by=%s", s.name, spec_protocol(&s), s.public_port, s.target_host, s.target_port,
+                 s.private_name, s.ftp ? " ftp_mode=" : "",
+                 s.ftp ? (s.ftp_lo ? "fixed" : "rewrite") : "", by);
+    }
 out:
     pthread_mutex_unlock(&reg.lock);
     return status;

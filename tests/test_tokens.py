@@ -66,6 +66,10 @@ class TokenTest(ProxyTest):
         st, resp = self.api("POST", "/register", body, token=tok["token"])
         self.assertEqual(st, 201, resp)
         self.assertEqual(resp["app"]["owner"], tok["id"])
+        # Who registered each app is logged: the token, and the private's HELLO.
+        self.public.wait_log(r"ev=app_registered app=api-in .* by=token:%s\(alice\)" % tok["id"],
+                             5 * SLOW)
+        self.public.wait_log(r"ev=app_registered app=in .* by=private:alice", 5 * SLOW)
         body.update(name="api-out", public_port=hi)
         st, resp = self.api("POST", "/register", body, token=tok["token"])
         self.assertEqual(st, 403, resp)
