@@ -13,7 +13,7 @@ LDFLAGS += -pie -Wl,-z,relro,-z,now
 LIBS    := -ljansson -lssl -lcrypto -lpthread
 PUB_LIBS := -lcivetweb -ldl
 
-COMMON_SRC := packet.c log.c netio.c cidr.c allow.c proxy_proto.c tunnel.c udp.c ftp.c ftp_data.c tls.c tls_io.c state.c json_depth.c config.c service.c
+COMMON_SRC := packet.c log.c netio.c cidr.c allow.c proxy_proto.c proxy_header.c tunnel.c udp.c ftp.c ftp_data.c tls.c tls_io.c state.c json_depth.c config.c service.c
 PUBLIC_SRC := proxy_public.c public_opts.c registry.c tokens.c web_api.c ratelimit.c web_front.c web_head.c build/web_assets.c
 PRIVATE_SRC := proxy_private.c private_opts.c diag.c
 HEADERS := $(wildcard *.h)
@@ -76,7 +76,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_SMOKE_SECONDS ?= 10
 FUZZ_FLAGS := -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
               -fno-omit-frame-pointer
-FUZZ_HARNESSES := fuzz_packet fuzz_api_body fuzz_web_head fuzz_config fuzz_ftp
+FUZZ_HARNESSES := fuzz_packet fuzz_api_body fuzz_web_head fuzz_config fuzz_ftp fuzz_proxy_header
 FUZZ_BINS := $(addprefix build/fuzz/,$(FUZZ_HARNESSES))
 FUZZ_LIB_SRC := $(sort $(COMMON_SRC) registry.c tokens.c state.c web_head.c)
 

@@ -23,6 +23,7 @@
 #include "log.h"
 #include "netio.h"
 #include "packet.h"
+#include "proxy_header.h"
 #include "public_opts.h"
 #include "ratelimit.h"
 #include "registry.h"
@@ -756,6 +757,13 @@ int main(int argc, char **argv)
         log_set_level((enum log_level)cfg.log_level);
     tunnel_set_retain_budget((size_t)cfg.resume_memory << 20);
     udp_set_public_limits(cfg.max_udp_sessions_per_app, cfg.max_udp_sessions);
+    pp_accept_set(&cfg.accept_proxy); /* before any acceptor starts (registry_init) */
+    for (int i = 0; i < cfg.accept_proxy.n; i++) {
+        char net[CIDR_TEXT_MAX];
+        cidr_str(&cfg.accept_proxy.e[i], net, sizeof(net));
+        log_info("ev=accept_proxy_from net=%s msg=\"connections from it must start with a "
+                 "PROXY header\"", net);
+    }
     if (ftp_public_init(cfg.ftp_lo, cfg.ftp_hi, cfg.public_address, err, sizeof(err)) != 0) {
         fprintf(stderr, "proxy_public: %s\n", err);
         return 2;

@@ -11,6 +11,7 @@
 
 #include "log.h"
 #include "netio.h"
+#include "proxy_header.h"
 #include "service.h"
 #include "udp.h"
 
@@ -25,7 +26,7 @@ static const struct config_option public_options[] = {
     {"max-conns-per-app", 1, 0}, {"max-conns-per-private", 1, 0}, {"allow-ports", 1, 0},
     {"max-udp-sessions", 1, 0}, {"max-udp-sessions-per-app", 1, 0},
     {"resume-grace", 1, 0}, {"resume-memory", 1, 0},
-    {"ftp-ports", 1, 0}, {"public-address", 1, 0},
+    {"ftp-ports", 1, 0}, {"public-address", 1, 0}, {"accept-proxy-from", 1, 0},
     {"web-https", 0, 0}, {"insecure-plaintext", 0, 0}, {"log-level", 1, 0},
     {"help", 0, -1}, {"version", 0, -1}, {NULL, 0, 0}};
 
@@ -70,6 +71,13 @@ static void usage(FILE *f)
             "                       IPv4 address put into FTP 227 replies, when this\n"
             "                       server sits behind its own NAT or load balancer\n"
             "                       (default: the address the client reached)\n"
+            "  --accept-proxy-from CIDR\n"
+            "                       a load balancer's address (IPv4 or IPv6, a network\n"
+            "                       or one host; repeatable, at most 16): connections\n"
+            "                       from it to app and web ports must start with a PROXY\n"
+            "                       header (v1 or v2, HAProxy's send-proxy[-v2]) within\n"
+            "                       5 s, whose address is then the client's; from any\n"
+            "                       other address a PROXY header is the client's data\n"
             "  --allow-ports LIST   public ports apps may use: ports and LOW-HIGH ranges\n"
             "                       joined by commas (default 1024-65535; ports below 1024\n"
             "                       only when listed, e.g. --allow-ports 80,443,1024-65535)\n"
@@ -181,6 +189,22 @@ static int set_option(struct public_cfg *c, const char *name, const char *v, int
             return -1;
         }
         c->public_address = v;
+    } else if (strcmp(name, "accept-proxy-from") == 0) {
+        char why[160];
+        struct cidr e;
+        if (cidr_parse(v, &e, why, sizeof(why)) != 0) {
+            snprintf(err, errlen, "%s '%s' is not an IPv4 or IPv6 network (ADDRESS/PREFIX or "
+                     "ADDRESS): %s", what, v, why);
+            return -1;
+        }
+        if (c->accept_proxy.n >= PP_ACCEPT_MAX) {
+            snprintf(err, errlen, "%s '%s': at most %d networks", what, v, PP_ACCEPT_MAX);
+            return -1;
+        }
+        if (cidr_list_add(&c->accept_proxy, v, why, sizeof(why)) != 0) {
+            snprintf(err, errlen, "%s '%s': %s", what, v, why);
+            return -1;
+        }
     } else if (strcmp(name, "cert") == 0) {
         c->cert_file = v;
     } else if (strcmp(name, "key") == 0) {
@@ -347,7 +371,8 @@ void public_reload(int argc, char **argv)
     int changed = 0, restart = 0, lvl;
     static const char *const fixed[] = {"tunnel-port", "web-port", "bind", "state-dir", "cert",
                                         "key", "web-https", "insecure-plaintext", "token",
-                                        "resume-memory", "ftp-ports", "public-address"};
+                                        "resume-memory", "ftp-ports", "public-address",
+                                        "accept-proxy-from"};
     int d[sizeof(fixed) / sizeof(fixed[0])];
 
     sd_notify_state("RELOADING=1");
@@ -398,6 +423,7 @@ void public_reload(int argc, char **argv)
     d[9] = n->resume_memory != cfg.resume_memory;
     d[10] = n->ftp_lo != cfg.ftp_lo || n->ftp_hi != cfg.ftp_hi;
     d[11] = str_differs(n->public_address, cfg.public_address);
+    d[12] = !cidr_list_equal(&n->accept_proxy, &cfg.accept_proxy);
     if (n->resume_grace != cfg.resume_grace) {
         log_info("ev=reload_changed key=resume-grace old=%u new=%u msg=\"applies to tunnels "
                  "that connect from now on\"", cfg.resume_grace, n->resume_grace);

@@ -8,6 +8,7 @@
 #include <openssl/ssl.h>
 #include <stdio.h>
 
+#include "cidr.h"
 #include "config.h"
 #include "ftp_data.h"
 #include "netio.h"
@@ -41,6 +42,7 @@ struct public_cfg {
     int ftp_lo, ftp_hi;         /* --ftp-ports: data ports of FTP apps */
     char ftp_ports_text[16];
     const char *public_address; /* --public-address: for 227 replies; NULL: as reached */
+    struct cidr_list accept_proxy; /* --accept-proxy-from, repeatable (PP_ACCEPT_MAX) */
 };
 
 #define PUBLIC_CFG_DEFAULTS                                                                      \

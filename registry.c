@@ -23,6 +23,7 @@
 #include "ftp_data.h"
 #include "log.h"
 #include "netio.h"
+#include "proxy_header.h"
 #include "state.h"
 #include "tokens.h"
 #include "tunnel.h"
@@ -254,7 +255,10 @@ out:
 
 /* --------------------------------------------------------------- accept */
 
-static void refuse_client(struct app *a, int fd, const char *why)
+/* client: the connection's client (a PROXY header's address behind a
+ * balancer), for the log. */
+static void refuse_client(struct app *a, int fd, const struct sockaddr_storage *client,
+                          const char *why)
 {
     char peer[64], kind[PKT_NAME_MAX + 160];
 
@@ -263,7 +267,7 @@ static void refuse_client(struct app *a, int fd, const char *why)
      * interval plus a count, not one line per client (log.h, log_sum_note). */
     snprintf(kind, sizeof(kind), "app=%s reason=\"%s\"", a->spec.name, why);
     if (log_sum_note(LOG_LVL_WARN, "client_refused", kind)) {
-        net_peer_str(fd, peer, sizeof(peer));
+        net_sa_str(client, peer, sizeof(peer));
         log_warn("ev=client_refused app=%s client=%s reason=\"%s\"", a->spec.name, peer, why);
     }
     close(fd);
@@ -316,17 +320,18 @@ static void ctl_client_end(void *arg)
 /* A control connection of a fixed-range FTP app: relayed as it is (the
  * server itself announces the public address and a port of the range); its
  * client's address may open data connections on the range while it lasts. */
-static void start_fixed_control(struct app *a, struct tunnel *t, int fd, const struct app_spec *s)
+static void start_fixed_control(struct app *a, struct tunnel *t, int fd, const struct app_spec *s,
+                                const struct sockaddr_storage *client)
 {
     struct ctl_client *cc = calloc(1, sizeof(*cc));
-    struct conn_opts o = {.ftp = CONN_FTP_NONE, .on_end = ctl_client_end, .end_arg = cc};
-    socklen_t sl = sizeof(struct sockaddr_storage);
+    struct conn_opts o = {.ftp = CONN_FTP_NONE, .on_end = ctl_client_end, .end_arg = cc,
+                          .client = *client};
 
-    if (!cc || getpeername(fd, (struct sockaddr *)&cc->ip, &sl) != 0) {
-        free(cc);
-        refuse_client(a, fd, "out of memory");
+    if (!cc) {
+        refuse_client(a, fd, client, "out of memory");
         return;
     }
+    cc->ip = *client;
     pthread_mutex_lock(&reg.lock);
     a->refs++;
     cc->app = a;
@@ -336,8 +341,15 @@ static void start_fixed_control(struct app *a, struct tunnel *t, int fd, const s
     conn_start_public_ex(t, fd, s->name, s->target_host, s->target_port, a->stats, &o);
 }
 
-static int same_ip(const struct sockaddr_storage *x, const struct sockaddr_storage *y)
+/* The same address, an IPv4-mapped one equal to its IPv4 (a PROXY header
+ * says 192.0.2.1 where a dual-stack socket shows ::ffff:192.0.2.1). */
+static int same_ip(const struct sockaddr_storage *xin, const struct sockaddr_storage *yin)
 {
+    struct sockaddr_storage xs = *xin, ys = *yin;
+    const struct sockaddr_storage *x = &xs, *y = &ys;
+
+    net_unmap(&xs);
+    net_unmap(&ys);
     if (x->ss_family != y->ss_family)
         return 0;
     if (x->ss_family == AF_INET)
@@ -549,7 +561,7 @@ static void handle_client(struct app *a, int fd, const struct sockaddr_storage *
     p = find_priv(s.private_name);
     if (s.disabled) {
         pthread_mutex_unlock(&reg.lock);
-        refuse_client(a, fd, "app disabled");
+        refuse_client(a, fd, peer, "app disabled");
         return;
     }
     if (p && p->t && !tunnel_is_dead(p->t)) {
@@ -562,25 +574,25 @@ static void handle_client(struct app *a, int fd, const struct sockaddr_storage *
     }
     pthread_mutex_unlock(&reg.lock);
     if (!t) {
-        refuse_client(a, fd, "private proxy offline");
+        refuse_client(a, fd, peer, "private proxy offline");
         return;
     }
     if (limit) {
         a->stats->refused++;
-        refuse_client(a, fd, limit);
+        refuse_client(a, fd, peer, limit);
         tunnel_unref(t);
         return;
     }
     if (s.ftp && !s.ftp_lo && tunnel_version(t) < PKT_PROTO_FTP) {
         a->stats->refused++;
-        refuse_client(a, fd, "its private proxy speaks a protocol version without FTP: "
+        refuse_client(a, fd, peer, "its private proxy speaks a protocol version without FTP: "
                              "upgrade proxy_private");
         tunnel_unref(t);
         return;
     }
     if (s.proxy_protocol && tunnel_version(t) < PKT_PROTO_PP) {
         a->stats->refused++;
-        refuse_client(a, fd, "its private proxy speaks a protocol version without the PROXY "
+        refuse_client(a, fd, peer, "its private proxy speaks a protocol version without the PROXY "
                              "protocol (proxy_protocol needs 6): upgrade proxy_private");
         tunnel_unref(t);
         return;
@@ -591,15 +603,86 @@ static void handle_client(struct app *a, int fd, const struct sockaddr_storage *
         log_debug("ev=client_connected app=%s client=%s", s.name, who);
     }
     if (s.ftp && !s.ftp_lo) {
-        struct conn_opts o = {.ftp = CONN_FTP_CONTROL};
+        struct conn_opts o = {.ftp = CONN_FTP_CONTROL, .client = *peer};
         conn_start_public_ex(t, fd, s.name, s.target_host, s.target_port, a->stats, &o);
     } else if (s.ftp) {
-        start_fixed_control(a, t, fd, &s);
+        start_fixed_control(a, t, fd, &s, peer);
     } else {
-        struct conn_opts o = {.ftp = CONN_FTP_NONE, .proxy_protocol = s.proxy_protocol};
+        struct conn_opts o = {.ftp = CONN_FTP_NONE, .proxy_protocol = s.proxy_protocol,
+                              .client = *peer};
         conn_start_public_ex(t, fd, s.name, s.target_host, s.target_port, a->stats, &o);
     }
     tunnel_unref(t);
+}
+
+/* ------------------------------------------------- PROXY headers (--accept-proxy-from) */
+
+/* A connection from a --accept-proxy-from address waits for its header on a
+ * thread of its own, so that a balancer's slow or silent connection never
+ * holds up the app's accept loop. netio's pooled THREAD_STACK_SIZE thread
+ * is enough: pp_read_header keeps PP_HEADER_MAX (552) bytes on the stack.
+ * The simpler alternative, reading the header later on the connection's relay
+ * thread, would come after allow_from and the connection limits were judged
+ * on the balancer's address. At most PP_PENDING_MAX such threads at once
+ * (beyond that the connection is refused). */
+struct pp_job {
+    struct app *app;            /* a reference */
+    int fd;
+    struct sockaddr_storage peer;
+    uint64_t deadline;          /* mono_ms(): PP_DEADLINE_MS after the accept */
+};
+
+static _Atomic int pp_pending;
+
+static void *pp_job_main(void *arg)
+{
+    struct pp_job *j = arg;
+    struct sockaddr_storage client;
+    const char *why = NULL;
+
+    pthread_setname_np(pthread_self(), "proxy-header");
+    if (pp_read_header(j->fd, j->deadline, &j->app->stopping, &j->peer, &client, &why) == 0) {
+        handle_client(j->app, j->fd, &client);
+    } else {
+        pp_count_refused();
+        refuse_client(j->app, j->fd, &j->peer, why);
+    }
+    pp_pending--;
+    app_unref(j->app);
+    free(j);
+    return NULL;
+}
+
+/* A client from a --accept-proxy-from address: its header is read on a
+ * thread of its own (pp_job_main); fd is taken in every case. */
+static void pp_client(struct app *a, int fd, const struct sockaddr_storage *peer)
+{
+    struct pp_job *j = NULL;
+    int rc;
+
+    if (pp_pending >= PP_PENDING_MAX) {
+        pp_count_refused();
+        refuse_client(a, fd, peer, "too many connections waiting for their PROXY header");
+        return;
+    }
+    j = calloc(1, sizeof(*j));
+    if (!j) {
+        refuse_client(a, fd, peer, "out of memory");
+        return;
+    }
+    j->app = a;
+    j->fd = fd;
+    j->peer = *peer;
+    j->deadline = mono_ms() + PP_DEADLINE_MS;
+    a->refs++;
+    pp_pending++;
+    rc = thread_spawn(pp_job_main, j);
+    if (rc != 0) {
+        pp_pending--;
+        a->refs--; /* the acceptor's reference still holds it */
+        free(j);
+        refuse_client(a, fd, peer, "cannot start a thread");
+    }
 }
 
 /* Try to bind a's port on every --bind address; under no lock. Returns the
@@ -816,7 +899,10 @@ static void *acceptor_main(void *arg)
         struct sockaddr_storage peer;
         int fd = accept_any(a, lfd, &peer);
         if (fd >= 0) {
-            handle_client(a, fd, &peer);
+            if (pp_accept_listed(&peer))
+                pp_client(a, fd, &peer); /* the header first, on its own thread */
+            else
+                handle_client(a, fd, &peer);
             continue;
         }
         if (a->stopping)
@@ -1894,6 +1980,11 @@ char *registry_metrics(void)
         fprintf(f, "# HELP nat_resume_refused_total Resumes refused for a wrong resumption "
                    "token.\n# TYPE nat_resume_refused_total counter\nnat_resume_refused_total "
                    "%llu\n", (unsigned long long)reg.resume_refused);
+        fprintf(f, "# HELP nat_proxy_header_refused_total Connections from an "
+                   "--accept-proxy-from address closed for a missing or bad PROXY header "
+                   "(app and web ports).\n# TYPE nat_proxy_header_refused_total counter\n"
+                   "nat_proxy_header_refused_total %llu\n",
+                (unsigned long long)pp_refused_total());
     }
     pthread_mutex_unlock(&reg.lock);
     fprintf(f, "# HELP process_uptime_seconds Seconds since the process started.\n"

@@ -2470,15 +2470,16 @@ int conn_start_public(struct tunnel *t, int client_fd, const char *app, const ch
 int tunnel_conn_info(struct tunnel *t, uint64_t id, struct conn_info *out)
 {
     struct conn *c = conn_lookup(t, id);
-    socklen_t pl = sizeof(out->peer), ll = sizeof(out->local);
+    socklen_t ll = sizeof(out->local);
     int rc = -1;
 
     memset(out, 0, sizeof(*out));
     if (!c)
         return -1;
     pthread_mutex_lock(&c->lock);
-    if (c->fd >= 0 && !c->abort && getpeername(c->fd, (struct sockaddr *)&out->peer, &pl) == 0 &&
+    if (c->fd >= 0 && !c->abort && c->opts.client.ss_family &&
         getsockname(c->fd, (struct sockaddr *)&out->local, &ll) == 0) {
+        out->peer = c->opts.client;
         out->ftp = c->opts.ftp;
         snprintf(out->app, sizeof(out->app), "%s", c->app ? c->app : "");
         snprintf(out->host, sizeof(out->host), "%s", c->host ? c->host : "");
@@ -2514,12 +2515,13 @@ unsigned tunnel_conns(struct tunnel *t, struct conn_brief *out, unsigned max)
     for (unsigned i = 0; i < n; i++) {
         struct conn *c = cs[i];
         struct conn_brief *o = &out[i];
-        socklen_t sl = sizeof(o->peer);
         memset(o, 0, sizeof(*o));
         o->id = c->id;
         pthread_mutex_lock(&c->lock);
         snprintf(o->app, sizeof(o->app), "%s", c->app ? c->app : "");
-        if (c->fd < 0 || getpeername(c->fd, (struct sockaddr *)&o->peer, &sl) != 0)
+        if (c->fd >= 0)
+            o->peer = c->opts.client; /* the client (a PROXY header's, or the peer) */
+        else
             o->peer.ss_family = 0;
         o->since = c->since;
         o->bytes_in = c->tx_sent;
@@ -2559,7 +2561,15 @@ int conn_start_public_ex(struct tunnel *t, int client_fd, const char *app, const
     }
     if (o)
         c->opts = *o;
-    net_peer_str(client_fd, c->client_addr, sizeof(c->client_addr));
+    if (!c->opts.client.ss_family) {
+        socklen_t sl = sizeof(c->opts.client);
+        if (getpeername(client_fd, (struct sockaddr *)&c->opts.client, &sl) != 0)
+            memset(&c->opts.client, 0, sizeof(c->opts.client));
+    }
+    if (c->opts.client.ss_family)
+        net_sa_str(&c->opts.client, c->client_addr, sizeof(c->client_addr));
+    else
+        snprintf(c->client_addr, sizeof(c->client_addr), "?");
     net_local_str(client_fd, c->server_addr, sizeof(c->server_addr));
     if (strncmp(c->client_addr, "?", 1) == 0 || strncmp(c->server_addr, "?", 1) == 0)
         c->client_addr[0] = c->server_addr[0] = '\0';

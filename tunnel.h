@@ -238,6 +238,10 @@ struct conn_opts {
     void *end_arg;
     int proxy_protocol;         /* 1 or 2: BUILD_CONNECTION asks the private side to
                                    send the app a PROXY header (version 6) */
+    struct sockaddr_storage client; /* public side: the client, when a PROXY header
+                                   named it (--accept-proxy-from); ss_family 0: the
+                                   socket's peer. BUILD_CONNECTION's "client",
+                                   /connections and the FTP checks use it */
 };
 
 /* conn_start_public with options (o may be NULL): BUILD_CONNECTION then says

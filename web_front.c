@@ -37,6 +37,7 @@
 
 #include "log.h"
 #include "netio.h"
+#include "proxy_header.h"
 #include "ratelimit.h"
 #include "web_head.h"
 
@@ -63,6 +64,9 @@ struct wf_conn {
     uint64_t start_ms;
     char ip[RATELIMIT_KEY_LEN];
     char addr[64];                      /* "ip:port" for logs */
+    struct sockaddr_storage peer;       /* the socket's peer */
+    int proxied;                        /* peer is an --accept-proxy-from address: a PROXY
+                                           header comes first and names the client */
     SSL *ssl;                           /* NULL: plain HTTP */
     char *req;                          /* head and body, WF_REQ_CAP bytes */
     size_t req_len;
@@ -84,9 +88,12 @@ static struct wf_slot wf_slots[WEB_FRONT_MAX_CONNS];
 /* ------------------------------------------------------------ slots */
 
 /* A free slot for a new connection, or -1 with the reason in why: its address
- * already holds WEB_FRONT_MAX_PER_ADDR connections, or all are in use. */
+ * already holds WEB_FRONT_MAX_PER_ADDR connections, or all are in use. A
+ * balancer's connection (proxied) is not held to the per-address cap: it
+ * counts against its client's once its PROXY header names it
+ * (wf_slot_rekey). */
 static int wf_slot_take(int fd, const unsigned char key[NET_SOURCE_KEY_LEN], const char *ip,
-                        const char **why)
+                        int proxied, const char **why)
 {
     int idx = -1, same = 0;
 
@@ -99,7 +106,7 @@ static int wf_slot_take(int fd, const unsigned char key[NET_SOURCE_KEY_LEN], con
             same++;
         }
     }
-    if (same >= WEB_FRONT_MAX_PER_ADDR) {
+    if (same >= WEB_FRONT_MAX_PER_ADDR && !proxied) {
         *why = "too many connections from this address";
         idx = -1;
     } else if (idx < 0) {
@@ -114,6 +121,29 @@ static int wf_slot_take(int fd, const unsigned char key[NET_SOURCE_KEY_LEN], con
     }
     pthread_mutex_unlock(&wf_lock);
     return idx;
+}
+
+/* Slot slot now belongs to the client a PROXY header named: its address
+ * for the handlers, its key for the per-address cap. 0, or -1 with why when
+ * that client already holds WEB_FRONT_MAX_PER_ADDR connections. */
+static int wf_slot_rekey(int slot, const unsigned char key[NET_SOURCE_KEY_LEN], const char *ip,
+                         const char **why)
+{
+    int same = 0, rc = 0;
+
+    pthread_mutex_lock(&wf_lock);
+    for (int i = 0; i < WEB_FRONT_MAX_CONNS; i++)
+        if (i != slot && wf_slots[i].used && memcmp(wf_slots[i].key, key, NET_SOURCE_KEY_LEN) == 0)
+            same++;
+    if (same >= WEB_FRONT_MAX_PER_ADDR) {
+        *why = "too many connections from this address";
+        rc = -1;
+    } else {
+        memcpy(wf_slots[slot].key, key, NET_SOURCE_KEY_LEN);
+        snprintf(wf_slots[slot].ip, sizeof(wf_slots[slot].ip), "%s", ip);
+    }
+    pthread_mutex_unlock(&wf_lock);
+    return rc;
 }
 
 static void wf_slot_set_upstream(const struct wf_conn *c, const char *addr, int port)
@@ -545,6 +575,43 @@ static void wf_linger(struct wf_conn *c)
     }
 }
 
+static void wf_peer(const struct sockaddr_storage *ss, char ip[RATELIMIT_KEY_LEN], char *addr,
+                    size_t cap);
+static void wf_refuse_send(int fd, const char *why);
+
+/* A balancer's connection: its PROXY header (before TLS, as HAProxy sends it)
+ * within PP_DEADLINE_MS of the accept, then the client it names is the
+ * connection's for the caps, the rate limits, the handlers and the logs. 0,
+ * or -1 with why (the connection is to end; a refusal already answered). */
+static int wf_proxy_header(struct wf_conn *c, const char **why)
+{
+    struct sockaddr_storage client;
+    unsigned char key[NET_SOURCE_KEY_LEN];
+    char ip[RATELIMIT_KEY_LEN], addr[64], kind[96];
+
+    if (pp_read_header(c->fd, c->start_ms + PP_DEADLINE_MS, &wf_stopping, &c->peer, &client,
+                       why) != 0) {
+        if (wf_stopping)
+            return -1;
+        pp_count_refused();
+        /* A flood is one line per reason per interval plus a count. */
+        snprintf(kind, sizeof(kind), "port=web reason=\"%s\"", *why);
+        if (log_sum_note(LOG_LVL_WARN, "proxy_header_refused", kind))
+            log_warn("ev=proxy_header_refused port=web client=%s reason=\"%s\"", c->addr, *why);
+        return -1;
+    }
+    wf_peer(&client, ip, addr, sizeof(addr));
+    net_source_key(&client, key);
+    if (wf_slot_rekey(c->slot, key, ip, why) != 0) {
+        wf_refuse_send(c->fd, *why);
+        return -1;
+    }
+    log_debug("ev=web_front_proxied balancer=%s client=%s", c->addr, addr);
+    snprintf(c->ip, sizeof(c->ip), "%s", ip);
+    snprintf(c->addr, sizeof(c->addr), "%s", addr);
+    return 0;
+}
+
 static void *wf_conn_main(void *arg)
 {
     struct wf_conn *c = arg;
@@ -553,6 +620,8 @@ static void *wf_conn_main(void *arg)
     uint64_t deadline = c->start_ms + WEB_FRONT_REQUEST_MS;
 
     pthread_setname_np(pthread_self(), "web-front");
+    if (c->proxied && wf_proxy_header(c, &why) != 0)
+        goto out;
     c->req = malloc(WF_REQ_CAP);
     if (!c->req)
         goto out;
@@ -611,7 +680,7 @@ static void wf_peer(const struct sockaddr_storage *ss, char ip[RATELIMIT_KEY_LEN
 
 /* A newcomer over a limit: plain HTTP gets a short 503 (one non-blocking send,
  * best effort), HTTPS is closed (no handshake is spent on it). */
-static void wf_refuse(int fd, const char *why)
+static void wf_refuse_send(int fd, const char *why)
 {
     char body[160], msg[768];
     int blen, mlen;
@@ -626,6 +695,11 @@ static void wf_refuse(int fd, const char *why)
             send(fd, msg, (size_t)mlen, MSG_NOSIGNAL | MSG_DONTWAIT) > 0)
             shutdown(fd, SHUT_WR);
     }
+}
+
+static void wf_refuse(int fd, const char *why)
+{
+    wf_refuse_send(fd, why);
     close(fd);
 }
 
@@ -644,8 +718,7 @@ static void *wf_accept_main(void *arg)
         char ip[RATELIMIT_KEY_LEN], addr[64];
         const char *why = NULL;
         struct wf_conn *c;
-        int fd, slot, rc;
-
+        int fd, slot, rc, proxied;
         int ready = -1;
 
         for (int i = 0; i < wf_nlisten; i++) {
@@ -674,7 +747,8 @@ static void *wf_accept_main(void *arg)
         }
         wf_peer(&ss, ip, addr, sizeof(addr));
         net_source_key(&ss, key);
-        slot = wf_slot_take(fd, key, ip, &why);
+        proxied = pp_accept_listed(&ss);
+        slot = wf_slot_take(fd, key, ip, proxied, &why);
         if (slot < 0) {
             /* One line a second at most, with how many were refused meanwhile. */
             refused++;
@@ -697,6 +771,8 @@ static void *wf_accept_main(void *arg)
         c->up = -1;
         c->slot = slot;
         c->start_ms = mono_ms();
+        c->peer = ss;
+        c->proxied = proxied;
         snprintf(c->ip, sizeof(c->ip), "%s", ip);
         snprintf(c->addr, sizeof(c->addr), "%s", addr);
         net_tune(fd);

@@ -19,6 +19,10 @@
  *     beyond that) within WEB_FRONT_UPSTREAM_MS, so CivetWeb's worker is free
  *     before the client reads a byte; the client then has
  *     WEB_FRONT_ANSWER_MS to take it. One request per connection.
+ *   - From an --accept-proxy-from address (proxy_header.h): a PROXY header
+ *     first, within PP_DEADLINE_MS of the accept (before TLS); the client it
+ *     names is the connection's for the caps below, the rate limits, the
+ *     handlers (web_front_client_addr) and the logs. No valid header: closed.
  *   - At most WEB_FRONT_MAX_CONNS connections at once and
  *     WEB_FRONT_MAX_PER_ADDR from one address (IPv4 address, IPv6 /64). No
  *     connection ever pushes out another: a newcomer over a limit gets a short

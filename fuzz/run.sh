@@ -34,6 +34,7 @@ for h in "$@"; do
     fuzz_api_body) maxlen=16385 ;;
     fuzz_web_head) maxlen=24576 ;;
     fuzz_config) maxlen=8192 ;;
+    fuzz_proxy_header) maxlen=1024 ;;
     *) maxlen=70000 ;;
     esac
 

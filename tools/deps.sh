@@ -6,7 +6,8 @@
 # build: what `make` needs.  demo: what tools/demo.sh needs (the build, python3
 # for the sample web app, curl for its check).  test (default): everything
 # `make test` uses (sanitizers, real-NAT tests with dnsmasq, dig,
-# wireguard-go, vsftpd and lftp, nginx for the PROXY protocol test, browser test, benchmarks, the Debian package test).  nat: the tools of tests/nat_test.sh.  soak: test plus
+# wireguard-go, vsftpd and lftp, nginx for the PROXY protocol test, haproxy for
+# --accept-proxy-from, browser test, benchmarks, the Debian package test).  nat: the tools of tests/nat_test.sh.  soak: test plus
 # what `make soak` adds (debootstrap for tests/minimal_debian.sh).
 # tests/test_scripts.py checks that every program the scripts and tests call
 # is in their set (or on every Debian 12).  As root, missing packages are installed with apt-get;
@@ -20,7 +21,7 @@ NAT="iproute2 nftables conntrack curl python3"
 TEST="$BUILD clang libclang-rt-14-dev python3 curl iproute2 nftables conntrack iperf3 socat
 openssh-server openssh-client tcpdump valgrind chromium nodejs npm
 dpkg-dev debhelper lintian fakeroot systemd man-db git procps openssl strace
-dnsmasq bind9-dnsutils wireguard-go wireguard-tools vsftpd lftp nginx-light"
+dnsmasq bind9-dnsutils wireguard-go wireguard-tools vsftpd lftp nginx-light haproxy"
 SOAK="$TEST debootstrap"
 
 case "$SET" in

@@ -1,5 +1,6 @@
 /* Unit tests: cidr.c (allow_from), allow.c (the private's rules as the
- * public side sees and judges them), proxy_proto.c (PROXY headers), netio's
+ * public side sees and judges them), proxy_proto.c (PROXY headers written),
+ * proxy_header.c (PROXY headers read: pp_parse, pp_read_header), netio's
  * address parsing and notation, and BUILD_CONNECTION's version 6 members. */
 
 #include <arpa/inet.h>
@@ -7,11 +8,14 @@
 #include <netinet/in.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "allow.h"
 #include "cidr.h"
 #include "netio.h"
 #include "packet.h"
+#include "proxy_header.h"
 #include "proxy_proto.h"
 #include "unit.h"
 
@@ -332,4 +336,160 @@ void test_allow_judge(void)
     allow_free(&al);
     allow_free(&back);
     allow_free(&none);
+}
+
+/* One header as pp_parse must judge it, whole and cut at every offset (a
+ * valid beginning: 0, "need more"). want_ip "": the connection's own peer. */
+static void pp_case(const unsigned char *h, size_t len, int want, const char *want_ip,
+                    int want_port, const char *what)
+{
+    struct sockaddr_storage src;
+    size_t hl = 99;
+    unsigned char buf[PP_HEADER_MAX + 8];
+    int rc = pp_parse(h, len, &src, &hl);
+
+    CHECK(rc == want, "%s: %d, want %d", what, rc, want);
+    if (rc == 1 && want == 1) {
+        char ip[64];
+        CHECK(hl == len, "%s: length %zu, want %zu", what, hl, len);
+        if (want_ip[0]) {
+            net_ip_str(&src, ip, sizeof(ip));
+            CHECK(strcmp(ip, want_ip) == 0, "%s: client %s, want %s", what, ip, want_ip);
+            CHECK(net_sa_port(&src) == want_port, "%s: port %d", what, net_sa_port(&src));
+        } else {
+            CHECK(src.ss_family == AF_UNSPEC, "%s: the peer's address", what);
+        }
+        for (size_t cut = 0; cut < len; cut++)
+            CHECK(pp_parse(h, cut, &src, &hl) == 0, "%s cut at %zu: need more", what, cut);
+        /* The client's bytes after it are not the header's. */
+        memcpy(buf, h, len);
+        memcpy(buf + len, "GET /", 5);
+        CHECK(pp_parse(buf, len + 5, &src, &hl) == 1 && hl == len, "%s + data", what);
+    }
+}
+
+static void pp_text(const char *h, int want, const char *ip, int port, const char *what)
+{
+    pp_case((const unsigned char *)h, strlen(h), want, ip, port, what);
+}
+
+void test_pp_parse(void)
+{
+    struct sockaddr_storage c4 = sa("192.0.2.1:40000"), s4 = sa("198.51.100.2:443");
+    struct sockaddr_storage c6 = sa("[2001:db8::5]:1234"), s6 = sa("[2001:db8::1]:80");
+    unsigned char h[PP_HEADER_MAX + 16], big[PP_HEADER_MAX + 32];
+    struct sockaddr_storage src;
+    size_t hl;
+    int n;
+
+    pp_text("PROXY TCP4 192.0.2.1 198.51.100.2 40000 443\r\n", 1, "192.0.2.1", 40000, "v1 TCP4");
+    pp_text("PROXY TCP6 2001:db8::5 2001:db8::1 1234 80\r\n", 1, "2001:db8::5", 1234, "v1 TCP6");
+    pp_text("PROXY UNKNOWN\r\n", 1, "", 0, "v1 UNKNOWN");
+    pp_text("PROXY UNKNOWN ffff:f...f:ffff 1 2\r\n", 1, "", 0, "v1 UNKNOWN with fields");
+    pp_text("PROXY TCP4 192.0.2.1 198.51.100.2 40000 443\n", -1, "", 0, "v1 LF alone");
+    pp_text("PROXY TCP4 192.0.2.1 198.51.100.2 40000 443\rX", -1, "", 0, "v1 CR then X");
+    pp_text("PROXY TCP4 2001:db8::5 198.51.100.2 1 2\r\n", -1, "", 0, "v1 TCP4, IPv6 address");
+    pp_text("PROXY TCP6 192.0.2.1 2001:db8::1 1 2\r\n", -1, "", 0, "v1 TCP6, IPv4 address");
+    pp_text("PROXY TCP4 192.0.2.1 198.51.100.2 65536 443\r\n", -1, "", 0, "v1 port too big");
+    pp_text("PROXY TCP4 192.0.2.1 198.51.100.2 4x 443\r\n", -1, "", 0, "v1 port not a number");
+    pp_text("PROXY TCP4 192.0.2.1  198.51.100.2 1 443\r\n", -1, "", 0, "v1 double space");
+    pp_text("PROXY TCP4 192.0.2.1 198.51.100.2 1\r\n", -1, "", 0, "v1 three fields");
+    pp_text("PROXY TCP4 192.0.2.1 198.51.100.2 1 2 3\r\n", -1, "", 0, "v1 five fields");
+    pp_text("PROXY UDP4 192.0.2.1 198.51.100.2 1 2\r\n", -1, "", 0, "v1 UDP4");
+    pp_text("PROXY \r\n", -1, "", 0, "v1 empty");
+    pp_text("PROXX TCP4", -1, "", 0, "not PROXY");
+    pp_text("GET / HTTP/1.1\r\n", -1, "", 0, "HTTP");
+    pp_text("PROXY TCP4 192.0.2.1\x01", -1, "", 0, "v1 control byte");
+    /* 107 bytes with CRLF is the limit; one more is refused, with or without its end. */
+    memset(big, 'x', sizeof(big));
+    memcpy(big, "PROXY UNKNOWN ", 14);
+    memcpy(big + 105, "\r\n", 2);
+    pp_case(big, 107, 1, "", 0, "v1 of 107 bytes");
+    memset(big + 105, 'x', 2);
+    memcpy(big + 106, "\r\n", 2);
+    pp_case(big, 108, -1, "", 0, "v1 of 108 bytes");
+    memset(big + 106, 'x', 2);
+    CHECK(pp_parse(big, 107, &src, &hl) == -1, "v1: 107 bytes without CRLF");
+    CHECK(pp_parse(big, 106, &src, &hl) == 0, "v1: 106 bytes, no CRLF yet");
+
+    /* Version 2 as proxy_proto.c writes it (round trip), both families. */
+    n = proxy_proto_header(2, &c4, &s4, h, sizeof(h));
+    CHECK(n == 28, "v2 IPv4 written");
+    pp_case(h, (size_t)n, 1, "192.0.2.1", 40000, "v2 IPv4");
+    n = proxy_proto_header(2, &c6, &s6, h, sizeof(h));
+    CHECK(n == 52, "v2 IPv6 written");
+    pp_case(h, (size_t)n, 1, "2001:db8::5", 1234, "v2 IPv6");
+    n = proxy_proto_header(1, &c4, &s4, h, sizeof(h));
+    pp_case(h, (size_t)n, 1, "192.0.2.1", 40000, "v1 as written");
+    /* TLVs after the addresses are skipped (length 28 + 7). */
+    n = proxy_proto_header(2, &c4, &s4, h, sizeof(h));
+    h[15] = 12 + 7;
+    memcpy(h + 28, "\x04\x00\x04" "abcd", 7);
+    pp_case(h, 35, 1, "192.0.2.1", 40000, "v2 with a TLV");
+    /* LOCAL (a health check): the peer; UNSPEC and UDP: the peer. */
+    h[12] = 0x20;
+    pp_case(h, 35, 1, "", 0, "v2 LOCAL");
+    h[12] = 0x21;
+    h[13] = 0x00;
+    pp_case(h, 35, 1, "", 0, "v2 UNSPEC");
+    h[13] = 0x12;
+    pp_case(h, 35, 1, "", 0, "v2 UDP over IPv4");
+    h[13] = 0x11;
+    h[12] = 0x22;
+    pp_case(h, 35, -1, "", 0, "v2 command 2");
+    h[12] = 0x11;
+    pp_case(h, 35, -1, "", 0, "v2 version 1");
+    h[12] = 0x21;
+    h[15] = 11;
+    pp_case(h, 27, -1, "", 0, "v2 IPv4 block too short");
+    h[2] ^= 1;
+    pp_case(h, 28, -1, "", 0, "v2 bad signature");
+    h[2] ^= 1;
+    /* The length: 536 is taken, 537 refused before its bytes arrive. */
+    memset(big, 0, sizeof(big));
+    memcpy(big, h, 16);
+    big[12] = 0x20;
+    big[14] = 536 >> 8;
+    big[15] = 536 & 0xff;
+    pp_case(big, 16 + 536, 1, "", 0, "v2 of 536 bytes");
+    big[15] = (537 & 0xff);
+    CHECK(pp_parse(big, 16, &src, &hl) == -1, "v2 length 537 refused at once");
+    CHECK(pp_parse(big, 0, &src, &hl) == 0, "nothing yet");
+}
+
+/* pp_read_header over a socket pair: exactly the header is taken, the
+ * client's bytes stay; garbage and silence fail (the silent case with a
+ * short deadline). */
+void test_pp_read_header(void)
+{
+    struct sockaddr_storage peer = sa("127.0.0.1:1000"), client;
+    const char *why = NULL;
+    static const char h1[] = "PROXY TCP4 192.0.2.9 198.51.100.2 5555 443\r\nhello";
+    char rest[16] = "", ip[64];
+    int sv[2];
+
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0, "socketpair");
+    CHECK(write(sv[1], h1, sizeof(h1) - 1) == (ssize_t)(sizeof(h1) - 1), "write");
+    CHECK(pp_read_header(sv[0], mono_ms() + 2000, NULL, &peer, &client, &why) == 0,
+          "v1 read: %s", why ? why : "");
+    net_ip_str(&client, ip, sizeof(ip));
+    CHECK(strcmp(ip, "192.0.2.9") == 0 && net_sa_port(&client) == 5555, "client %s", ip);
+    CHECK(read(sv[0], rest, sizeof(rest)) == 5 && memcmp(rest, "hello", 5) == 0,
+          "the client's bytes stay: %s", rest);
+    CHECK(write(sv[1], "PROXY UNKNOWN\r\n", 15) == 15, "write");
+    CHECK(pp_read_header(sv[0], mono_ms() + 2000, NULL, &peer, &client, &why) == 0, "UNKNOWN");
+    CHECK(net_sa_port(&client) == 1000, "UNKNOWN: the peer");
+    CHECK(write(sv[1], "SSH-2.0-x\r\n", 11) == 11, "write");
+    CHECK(pp_read_header(sv[0], mono_ms() + 2000, NULL, &peer, &client, &why) == -1,
+          "garbage refused");
+    close(sv[0]);
+    close(sv[1]);
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0, "socketpair");
+    CHECK(write(sv[1], "PROXY TCP4 1", 12) == 12, "write");
+    CHECK(pp_read_header(sv[0], mono_ms() + 100, NULL, &peer, &client, &why) == -1,
+          "a header that never ends: refused at the deadline");
+    close(sv[1]);
+    CHECK(pp_read_header(sv[0], mono_ms() + 2000, NULL, &peer, &client, &why) == -1,
+          "closed before the end");
+    close(sv[0]);
 }

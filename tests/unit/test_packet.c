@@ -1517,6 +1517,8 @@ static const struct {
     {"log_summary", test_log_summary},
     {"cidr_lists", test_cidr_lists},
     {"allow_judge", test_allow_judge},
+    {"pp_parse", test_pp_parse},
+    {"pp_read_header", test_pp_read_header},
     {"addr_notation", test_addr_notation},
     {"proxy_proto_headers", test_proxy_proto_headers},
     {"build_addr_members", test_build_addr_members},

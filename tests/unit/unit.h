@@ -70,6 +70,8 @@ void test_config_files(void);
 void test_log_summary(void);
 void test_cidr_lists(void);
 void test_allow_judge(void);
+void test_pp_parse(void);
+void test_pp_read_header(void);
 void test_addr_notation(void);
 void test_proxy_proto_headers(void);
 void test_build_addr_members(void);
