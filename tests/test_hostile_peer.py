@@ -144,6 +144,9 @@ class HostilePrivateTest(ProxyTest):
                                      "target_host": "127.0.0.1", "target_port": 9}]}))
         welcome = read_until(tun, lambda h: h["op"] in (OP_WELCOME,), 10 * SLOW, "WELCOME")
         self.assertTrue(welcome["apps"][0]["ok"], welcome)
+        # WELCOME goes out just before the private is online (no BUILD_CONNECTION
+        # may precede it): a client in between is refused as "offline".
+        self.wait_online(private="evil", apps=["m"])
         client = socket.socket()
         self.addCleanup(client.close)
         client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
