@@ -214,13 +214,13 @@ class AcceptProxyTest(ProxyTest):
         app receives it as sent, /connections shows 127.0.0.1; the web port
         answers it 400."""
         port = self.start()
-        line = b"PROXY TCP4 1.2.3.4 127.0.0.1 1111 2222\r\n"
+        line = b"PROXY TCP4 198.51.100.99 127.0.0.1 1111 2222\r\n"
         with connect_from("127.0.0.1", port) as s:
             s.sendall(line + b"data")
             self.assertEqual(recv_exact(s, len(line) + 4), line + b"data")
             clients = self.clients()
             self.assertIn("127.0.0.1:%d" % s.getsockname()[1], clients)
-            self.assertFalse([c for c in clients if c.startswith("1.2.3.4")], clients)
+            self.assertFalse([c for c in clients if c.startswith("198.51.100.99")], clients)
         st, data = http_get(self.web_port, "127.0.0.1", token=self.token, prefix=line)
         self.assertEqual(st, 400, data)
         self.assertEqual(self.metric("nat_proxy_header_refused_total"), 0)
