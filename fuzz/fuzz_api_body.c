@@ -14,7 +14,6 @@
  * proxy_public (fuzz/regressions/fuzz_api_body/deep_10000). A parsed value is
  * checked to be no deeper than json_depth_ok() promised. */
 
-#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -164,17 +163,11 @@ static void *run_body(void *arg)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct job j;
-    pthread_attr_t attr;
-    pthread_t tid;
 
     if (size > WEB_MAX_BODY)
         return 0;  /* the API answers 413 without parsing */
     j.buf = (const char *)guarded_copy(data, size);
     j.len = size;
-    FUZZ_ASSERT(pthread_attr_init(&attr) == 0);
-    FUZZ_ASSERT(pthread_attr_setstacksize(&attr, WEB_CIVETWEB_STACK_SIZE) == 0);
-    FUZZ_ASSERT(pthread_create(&tid, &attr, run_body, &j) == 0);
-    FUZZ_ASSERT(pthread_join(tid, NULL) == 0);
-    pthread_attr_destroy(&attr);
+    fuzz_run_on_stack(run_body, &j, WEB_CIVETWEB_STACK_SIZE);
     return 0;
 }

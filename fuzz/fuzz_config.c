@@ -15,7 +15,6 @@
  *     (netio.h THREAD_STACK_SIZE): proxy_private re-reads its config on its
  *     signal thread at SIGHUP. */
 
-#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -101,17 +100,11 @@ static void *run_parse(void *arg)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct job j;
-    pthread_attr_t attr;
-    pthread_t tid;
 
     if (size > CONFIG_MAX_BYTES + 1)
         return 0;  /* config_load never hands over more */
     j.buf = (const char *)guarded_copy(data, size);
     j.len = size;
-    FUZZ_ASSERT(pthread_attr_init(&attr) == 0);
-    FUZZ_ASSERT(pthread_attr_setstacksize(&attr, STACK_SIZE) == 0);
-    FUZZ_ASSERT(pthread_create(&tid, &attr, run_parse, &j) == 0);
-    FUZZ_ASSERT(pthread_join(tid, NULL) == 0);
-    pthread_attr_destroy(&attr);
+    fuzz_run_on_stack(run_parse, &j, STACK_SIZE);
     return 0;
 }

@@ -18,7 +18,6 @@
  *   - it all runs in a thread with a release build's 64 KiB stack
  *     (netio.h THREAD_STACK_SIZE, the pump thread's). */
 
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -142,8 +141,6 @@ static void *job_main(void *arg)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct job j;
-    pthread_attr_t attr;
-    pthread_t tid;
 
     if (size < 1 || size > MAX_IN)
         return 0;
@@ -151,10 +148,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     j.step = (size_t)(data[0] >> 1) + 1;
     j.buf = guarded_copy(data + 1, size - 1);
     j.len = size - 1;
-    FUZZ_ASSERT(pthread_attr_init(&attr) == 0);
-    FUZZ_ASSERT(pthread_attr_setstacksize(&attr, STACK_SIZE) == 0);
-    FUZZ_ASSERT(pthread_create(&tid, &attr, job_main, &j) == 0);
-    FUZZ_ASSERT(pthread_join(tid, NULL) == 0);
-    pthread_attr_destroy(&attr);
+    fuzz_run_on_stack(job_main, &j, STACK_SIZE);
     return 0;
 }

@@ -14,7 +14,6 @@
  * instrument. An accepted frame is re-encoded with pkt_encode() and
  * must parse back to an equal header. Any broken promise aborts. */
 
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -153,16 +152,10 @@ static void *run_input(void *arg);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct input in = {data, size};
-    pthread_attr_t attr;
-    pthread_t tid;
 
     if (size > FUZZ_GUARD_CAP - PKT_MAX_FRAME)
         return 0;
-    FUZZ_ASSERT(pthread_attr_init(&attr) == 0);
-    FUZZ_ASSERT(pthread_attr_setstacksize(&attr, THREAD_STACK_SIZE_TLS) == 0);
-    FUZZ_ASSERT(pthread_create(&tid, &attr, run_input, &in) == 0);
-    FUZZ_ASSERT(pthread_join(tid, NULL) == 0);
-    pthread_attr_destroy(&attr);
+    fuzz_run_on_stack(run_input, &in, THREAD_STACK_SIZE_TLS);
     return 0;
 }
 

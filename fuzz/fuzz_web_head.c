@@ -19,7 +19,6 @@
  *     (netio.h THREAD_STACK_SIZE, the front's plain-HTTP connection threads,
  *     the smallest it runs on), so a parser that recursed would fail here. */
 
-#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 #include <strings.h>
@@ -148,17 +147,11 @@ static void *run_parse(void *arg)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct job j;
-    pthread_attr_t attr;
-    pthread_t tid;
 
     if (size > HEAD_MAX + WEB_MAX_BODY)
         return 0;  /* the front never holds more than head and body */
     j.buf = (const char *)guarded_copy(data, size);
     j.len = size;
-    FUZZ_ASSERT(pthread_attr_init(&attr) == 0);
-    FUZZ_ASSERT(pthread_attr_setstacksize(&attr, STACK_SIZE) == 0);
-    FUZZ_ASSERT(pthread_create(&tid, &attr, run_parse, &j) == 0);
-    FUZZ_ASSERT(pthread_join(tid, NULL) == 0);
-    pthread_attr_destroy(&attr);
+    fuzz_run_on_stack(run_parse, &j, STACK_SIZE);
     return 0;
 }

@@ -1,10 +1,12 @@
 #ifndef FUZZ_GUARD_H
 #define FUZZ_GUARD_H
 
-/* Shared by the harnesses: an assertion that names the broken promise, and a
+/* Shared by the harnesses: an assertion that names the broken promise, a
  * copy of the input that ends right before a PROT_NONE page, so a read past the
- * end faults even inside libjansson, which AddressSanitizer does not instrument. */
+ * end faults even inside libjansson, which AddressSanitizer does not instrument,
+ * and a run on a thread with the stack the code has in the programs. */
 
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,6 +46,20 @@ static inline uint8_t *guarded_copy(const uint8_t *buf, size_t n)
     if (n)
         memcpy(c, buf, n);
     return c;
+}
+
+/* Run fn(arg) on a thread of its own with a stack of stack_size bytes (the
+ * size the code under test runs on in the programs), and wait for it. */
+static inline void fuzz_run_on_stack(void *(*fn)(void *), void *arg, size_t stack_size)
+{
+    pthread_attr_t attr;
+    pthread_t tid;
+
+    FUZZ_ASSERT(pthread_attr_init(&attr) == 0);
+    FUZZ_ASSERT(pthread_attr_setstacksize(&attr, stack_size) == 0);
+    FUZZ_ASSERT(pthread_create(&tid, &attr, fn, arg) == 0);
+    FUZZ_ASSERT(pthread_join(tid, NULL) == 0);
+    pthread_attr_destroy(&attr);
 }
 
 #endif
