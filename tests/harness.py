@@ -399,8 +399,11 @@ def free_port_any():
     raise AssertionError("no port free on every address")
 
 
-def connect(port, timeout=None):
-    return socket.create_connection(("127.0.0.1", port), timeout=timeout or 10 * SLOW)
+def connect(port, timeout=None, source=None):
+    """A TCP connection to 127.0.0.1:port, from the loopback address source
+    when given (127.0.0.2 and up: another client address)."""
+    return socket.create_connection(("127.0.0.1", port), timeout=timeout or 10 * SLOW,
+                                    source_address=(source, 0) if source else None)
 
 
 def recv_all(sock, limit=None):

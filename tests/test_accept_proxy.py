@@ -64,18 +64,11 @@ def _listening(port):
     return False
 
 
-def connect_from(source, port):
-    s = socket.socket()
-    s.settimeout(10 * SLOW)
-    s.bind((source, 0))
-    s.connect(("127.0.0.1", port))
-    return s
-
 
 def http_get(port, source, path="/list", token=None, prefix=b""):
     """A whole GET over a raw socket from source (prefix first): the status
     (0: closed or reset without an answer) and the answer's bytes."""
-    with connect_from(source, port) as s:
+    with harness.connect(port, source=source) as s:
         req = b"GET %s HTTP/1.1\r\nHost: x\r\n" % path.encode()
         if token:
             req += b"Authorization: Bearer %s\r\n" % token.encode()
@@ -128,7 +121,7 @@ class AcceptProxyTest(ProxyTest):
         port = self.start(proxy_protocol=2, app_cls=RecordingServer)
         ha = HAProxy(self, [("v1", port, "send-proxy"), ("v2", port, "send-proxy-v2")])
         for n, name in enumerate(("v1", "v2")):
-            with connect_from(CLIENT, ha.frontends[name]) as s:
+            with harness.connect(ha.frontends[name], source=CLIENT) as s:
                 s.sendall(b"hello %s\n" % name.encode())
                 self.assertEqual(recv_exact(s, 9), b"hello %s\n" % name.encode())
                 cport = s.getsockname()[1]
@@ -147,10 +140,10 @@ class AcceptProxyTest(ProxyTest):
         is served."""
         port = self.start(allow_from=["127.0.0.6/32", BALANCER + "/32"])
         ha = HAProxy(self, [("v1", port, "send-proxy")])
-        with connect_from(CLIENT, ha.frontends["v1"]) as s:
+        with harness.connect(ha.frontends["v1"], source=CLIENT) as s:
             self.assertTrue(harness.closed_by_peer(s, 10 * SLOW), "127.0.0.5 not closed")
         self.public.wait_log(r"ev=client_not_allowed app=e client=127\.0\.0\.5:\d+", 5 * SLOW)
-        with connect_from("127.0.0.6", ha.frontends["v1"]) as s:
+        with harness.connect(ha.frontends["v1"], source="127.0.0.6") as s:
             s.sendall(b"ok")
             self.assertEqual(recv_exact(s, 2), b"ok")
         self.assertEqual(self.find(self.list()["apps"], "e")["refused_sources"], 1)
@@ -188,10 +181,10 @@ class AcceptProxyTest(ProxyTest):
         /metrics and logged; a v2 LOCAL header (a health check) means the
         connection's own address."""
         port = self.start()
-        with connect_from(BALANCER, port) as s:
+        with harness.connect(port, source=BALANCER) as s:
             s.sendall(b"hello, no header\r\n")
             self.assertTrue(harness.closed_by_peer(s, 10 * SLOW), "garbage not closed")
-        with connect_from(BALANCER, port) as s:
+        with harness.connect(port, source=BALANCER) as s:
             self.assertTrue(harness.closed_by_peer(s, 10 * SLOW), "silence not closed")
         st, data = http_get(self.web_port, BALANCER, token=self.token)
         self.assertEqual(st, 0, data)
@@ -204,7 +197,7 @@ class AcceptProxyTest(ProxyTest):
                              r'reason="no PROXY header in time"', 5 * SLOW)
         self.public.wait_log(r'ev=proxy_header_refused port=web client=127\.0\.0\.3:\d+', 5 * SLOW)
         local = V2_SIG + bytes([0x20, 0x00, 0, 0])
-        with connect_from(BALANCER, port) as s:
+        with harness.connect(port, source=BALANCER) as s:
             s.sendall(local + b"abc")
             self.assertEqual(recv_exact(s, 3), b"abc")
             self.assertIn("%s:%d" % (BALANCER, s.getsockname()[1]), self.clients())
@@ -215,7 +208,7 @@ class AcceptProxyTest(ProxyTest):
         answers it 400."""
         port = self.start()
         line = b"PROXY TCP4 198.51.100.99 127.0.0.1 1111 2222\r\n"
-        with connect_from("127.0.0.1", port) as s:
+        with harness.connect(port, source="127.0.0.1") as s:
             s.sendall(line + b"data")
             self.assertEqual(recv_exact(s, len(line) + 4), line + b"data")
             clients = self.clients()

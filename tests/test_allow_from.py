@@ -13,13 +13,6 @@ from harness import ProxyTest, SLOW, apps, free_port, recv_exact, wait_until
 ALLOW = ["127.0.0.2/32", "192.0.2.0/24", "2001:db8::/32"]
 
 
-def tcp_from(source, port):
-    s = socket.socket()
-    s.settimeout(10 * SLOW)
-    s.bind((source, 0))
-    s.connect(("127.0.0.1", port))
-    return s
-
 
 class AllowFromTest(ProxyTest):
     def test_tcp_allowed_and_refused(self):
@@ -35,11 +28,11 @@ class AllowFromTest(ProxyTest):
             "target_port": echo.port, "private": "home", "allow_from": ALLOW})
         self.assertEqual(st, 201, body)
         self.wait_online(apps=["e"])
-        with tcp_from("127.0.0.2", port) as s:
+        with harness.connect(port, source="127.0.0.2") as s:
             s.sendall(b"hello")
             self.assertEqual(recv_exact(s, 5), b"hello")
         for _ in range(3):
-            with tcp_from("127.0.0.3", port) as s:
+            with harness.connect(port, source="127.0.0.3") as s:
                 self.assertTrue(harness.closed_by_peer(s, 10 * SLOW), "127.0.0.3 not closed")
         self.assertEqual(echo.accepted, 1, "a refused client reached the app")
         app = self.find(self.list()["apps"], "e")
@@ -55,9 +48,9 @@ class AllowFromTest(ProxyTest):
         self.public.stop()
         self.start_public()
         self.wait_online(apps=["e"])
-        with tcp_from("127.0.0.3", port) as s:
+        with harness.connect(port, source="127.0.0.3") as s:
             self.assertTrue(harness.closed_by_peer(s, 10 * SLOW))
-        with tcp_from("127.0.0.2", port) as s:
+        with harness.connect(port, source="127.0.0.2") as s:
             s.sendall(b"again")
             self.assertEqual(recv_exact(s, 5), b"again")
 
@@ -140,10 +133,10 @@ class AllowFromTest(ProxyTest):
         self.start_private(register=["e:%d:127.0.0.1:%d,allow_from=127.0.0.2/32+::1/128"
                                      % (port, echo.port)])
         self.wait_online(apps=["e"])
-        with tcp_from("127.0.0.2", port) as s:
+        with harness.connect(port, source="127.0.0.2") as s:
             s.sendall(b"ok")
             self.assertEqual(recv_exact(s, 2), b"ok")
-        with tcp_from("127.0.0.3", port) as s:
+        with harness.connect(port, source="127.0.0.3") as s:
             self.assertTrue(harness.closed_by_peer(s, 10 * SLOW))
         try:
             s6 = socket.create_connection(("::1", port), timeout=10 * SLOW)
