@@ -1204,6 +1204,20 @@ static const char *scope_violation_locked(const struct app_spec *s, const struct
     return NULL;
 }
 
+/* Who did an action, for the log's by=: the private proxy priv (its HELLO or
+ * APPS), else the token who (NULL: the admin). */
+static const char *actor_text(const char *priv, const struct principal *who, char *buf,
+                              size_t cap)
+{
+    if (priv)
+        snprintf(buf, cap, "private:%s", priv);
+    else if (who)
+        principal_who(who, buf, cap);
+    else
+        snprintf(buf, cap, "admin");
+    return buf;
+}
+
 int registry_register_as(const struct app_spec *in, int from_private, const struct principal *who,
                          char *err, size_t errlen)
 {
@@ -1395,12 +1409,7 @@ int registry_register_as(const struct app_spec *in, int from_private, const stru
     status = old ? 200 : 201;
     {
         char by[TOKEN_LABEL_MAX * 4 + 40];
-        if (from_private)
-            snprintf(by, sizeof(by), "private:%s", s.private_name);
-        else if (who)
-            principal_who(who, by, sizeof(by));
-        else
-            snprintf(by, sizeof(by), "admin");
+        actor_text(from_private ? s.private_name : NULL, who, by, sizeof(by));
         log_info("ev=app_registered app=%s protocol=%s public_port=%d target=%s:%d private=%s%s%s "
                  "by=%s", s.name, spec_protocol(&s), s.public_port, s.target_host, s.target_port,
                  s.private_name, s.ftp ? " ftp_mode=" : "",
@@ -1434,12 +1443,7 @@ static int unregister(const char *name, const char *owner, const struct principa
     } else if (save_locked(NULL, a, err, errlen) != 0) {
         status = 500;
     } else {
-        if (owner)
-            snprintf(by, sizeof(by), "private:%s", owner);
-        else if (who)
-            principal_who(who, by, sizeof(by));
-        else
-            snprintf(by, sizeof(by), "admin");
+        actor_text(owner, who, by, sizeof(by));
         log_info("ev=app_unregistered app=%s by=%s", a->spec.name, by);
         remove_app_locked(a);
         status = 200;
@@ -1522,7 +1526,7 @@ int registry_set_disabled(const char *name, int on, const struct principal *who,
     for (int i = 0; on && i < a->nx && !a->spec.udp; i++)
         shutdown(a->xfds[i], SHUT_RDWR);
     log_info("ev=app_%s app=%s by=%s", on ? "disabled" : "enabled", a->spec.name,
-             who ? principal_who(who, by, sizeof(by)) : "admin");
+             actor_text(NULL, who, by, sizeof(by)));
 out:
     pthread_mutex_unlock(&reg.lock);
     return status;
@@ -1552,7 +1556,7 @@ int registry_kick(const char *name, unsigned refuse_s, const struct principal *w
     }
     pthread_mutex_unlock(&reg.lock);
     log_info("ev=private_kicked name=%s refuse_s=%u online=%s by=%s", name, refuse_s,
-             t ? "yes" : "no", who ? principal_who(who, by, sizeof(by)) : "admin");
+             t ? "yes" : "no", actor_text(NULL, who, by, sizeof(by)));
     if (t) {
         if (refuse_s)
             snprintf(msg, sizeof(msg), "disconnected by the server's admin; refused for %u s",
@@ -1697,7 +1701,7 @@ int registry_close_conn(const char *priv, uint64_t id, const struct principal *w
     (void)tunnel_close_conn(t, id, "closed by the server's admin");
     tunnel_unref(t);
     log_info("ev=connection_closed private=%s conn=%llu app=%s by=%s", priv,
-             (unsigned long long)id, ci.app, who ? principal_who(who, by, sizeof(by)) : "admin");
+             (unsigned long long)id, ci.app, actor_text(NULL, who, by, sizeof(by)));
     return 200;
 }
 
