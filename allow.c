@@ -159,34 +159,49 @@ static int prefix_match(const unsigned char *a, const unsigned char *b, int bits
     return ((a[bytes] ^ b[bytes]) & (0xff << (8 - rest))) == 0;
 }
 
+/* The address in sa into ip (an IPv4-mapped one as IPv4, as it is judged):
+ * its family, or 0 when it is neither IPv4 nor IPv6. */
+static int sockaddr_ip(const struct sockaddr *sa, unsigned char ip[16])
+{
+    if (sa->sa_family == AF_INET) {
+        memcpy(ip, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+        return AF_INET;
+    }
+    if (sa->sa_family == AF_INET6) {
+        const struct in6_addr *a6 = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+        if (IN6_IS_ADDR_V4MAPPED(a6)) {
+            memcpy(ip, a6->s6_addr + 12, 4);
+            return AF_INET;
+        }
+        memcpy(ip, a6->s6_addr, 16);
+        return AF_INET6;
+    }
+    return 0;
+}
+
+/* Does rule r admit host:port, whose address is ip (family; 0: not known,
+ * as for a name the public side cannot resolve)? */
+static int rule_admits(const struct allow_rule *r, const char *host, int port, int family,
+                       const unsigned char *ip)
+{
+    if (port < r->port_lo || port > r->port_hi)
+        return 0;
+    if (r->is_host)
+        return strcasecmp(r->host, host) == 0;
+    return family && r->family == family && prefix_match(ip, r->addr, r->prefix);
+}
+
 /* Is this resolved address of host:port allowed? */
 static int allowed(const struct allowlist *al, const char *host, int port, const struct sockaddr *sa)
 {
-    const unsigned char *ip = NULL;
-    unsigned char mapped[4];
-    int family = sa->sa_family;
+    unsigned char ip[16];
+    int family = sockaddr_ip(sa, ip);
 
     if (al->any)
         return 1;
-    if (family == AF_INET) {
-        ip = (const unsigned char *)&((const struct sockaddr_in *)sa)->sin_addr;
-    } else if (family == AF_INET6) {
-        const struct in6_addr *a6 = &((const struct sockaddr_in6 *)sa)->sin6_addr;
-        ip = a6->s6_addr;
-        if (IN6_IS_ADDR_V4MAPPED(a6)) { /* judge ::ffff:a.b.c.d as a.b.c.d */
-            memcpy(mapped, a6->s6_addr + 12, 4);
-            ip = mapped;
-            family = AF_INET;
-        }
-    }
-    for (int i = 0; i < al->n; i++) {
-        const struct allow_rule *r = &al->rules[i];
-        if (port < r->port_lo || port > r->port_hi)
-            continue;
-        if (r->is_host ? strcasecmp(r->host, host) == 0
-                       : (ip && r->family == family && prefix_match(ip, r->addr, r->prefix)))
+    for (int i = 0; i < al->n; i++)
+        if (rule_admits(&al->rules[i], host, port, family, ip))
             return 1;
-    }
     return 0;
 }
 
@@ -324,32 +339,25 @@ int allow_from_json(struct allowlist *al, const json_t *arr, char *err, size_t e
 
 enum allow_verdict allow_judge(const struct allowlist *al, const char *host, int port)
 {
+    struct sockaddr_storage ss;
     unsigned char ip[16];
     int family = 0, cidr_might = 0;
 
     if (al->any)
         return ALLOW_YES;
-    if (inet_pton(AF_INET, host, ip) == 1) {
-        family = AF_INET;
-    } else if (inet_pton(AF_INET6, host, ip) == 1) {
-        family = AF_INET6;
-        if (IN6_IS_ADDR_V4MAPPED((struct in6_addr *)ip)) { /* as allowed() judges it */
-            memmove(ip, ip + 12, 4);
-            family = AF_INET;
-        }
-    }
+    memset(&ss, 0, sizeof(ss));
+    if (inet_pton(AF_INET, host, &((struct sockaddr_in *)&ss)->sin_addr) == 1)
+        ss.ss_family = AF_INET;
+    else if (inet_pton(AF_INET6, host, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1)
+        ss.ss_family = AF_INET6;
+    family = sockaddr_ip((const struct sockaddr *)&ss, ip);
     for (int i = 0; i < al->n; i++) {
         const struct allow_rule *r = &al->rules[i];
-        if (port < r->port_lo || port > r->port_hi)
-            continue;
-        if (r->is_host) {
-            if (strcasecmp(r->host, host) == 0)
-                return ALLOW_YES;
-        } else if (!family) {
-            cidr_might = 1; /* the name's addresses are the home side's to know */
-        } else if (r->family == family && prefix_match(ip, r->addr, r->prefix)) {
+        if (rule_admits(r, host, port, family, ip))
             return ALLOW_YES;
-        }
+        /* A name's addresses are the home side's to know. */
+        if (!family && !r->is_host && port >= r->port_lo && port <= r->port_hi)
+            cidr_might = 1;
     }
     return cidr_might ? ALLOW_MAYBE : ALLOW_NO;
 }
