@@ -238,6 +238,19 @@ int config_load(const char *path, struct config *c, char *err, size_t errlen)
     return rc;
 }
 
+int config_long(const char *v, long lo, long hi, long *out)
+{
+    char *end;
+    long n;
+
+    errno = 0;
+    n = strtol(v, &end, 10);
+    if (errno || end == v || *end || n < lo || n > hi)
+        return -1;
+    *out = n;
+    return 0;
+}
+
 int config_bool(const char *v)
 {
     static const char *const yes[] = {"yes", "true", "on", "1"};

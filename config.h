@@ -61,6 +61,10 @@ void config_free(struct config *c);
 /* Parse a boolean value: yes/no, true/false, on/off, 1/0. 1, 0, or -1. */
 int config_bool(const char *v);
 
+/* Parse a whole decimal number from lo to hi into *out: 0, or -1 (and *out
+ * untouched) when v is not one. */
+int config_long(const char *v, long lo, long hi, long *out);
+
 /* Read a secret (a token) from the file at path into out (cap bytes, NUL
  * included): the first line, blanks around it removed; it must not be empty,
  * must fit, and hold no control bytes. The file must be a regular file owned

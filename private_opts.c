@@ -3,7 +3,6 @@
 
 #include "private_opts.h"
 
-#include <errno.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -109,11 +108,8 @@ static int parse_register_options(char *opts, struct app_req *r)
         } else if (strcmp(o, "proxy_protocol=0") == 0) {
             r->proxy_protocol = 0;
         } else if (strncmp(o, "udp_idle=", 9) == 0) {
-            char *end;
             long v;
-            errno = 0;
-            v = strtol(o + 9, &end, 10);
-            if (errno || end == o + 9 || *end || v < PKT_IDLE_MIN || v > PKT_IDLE_MAX)
+            if (config_long(o + 9, PKT_IDLE_MIN, PKT_IDLE_MAX, &v) != 0)
                 return -1;
             r->udp_idle = (int)v;
         } else if (strncmp(o, "allow_from=", 11) == 0) {
@@ -284,32 +280,23 @@ static int set_option(struct private_cfg *c, const char *name, const char *v, in
         c->allow_from_file = from_file;
         c->nallow++;
     } else if (strcmp(name, "max-conns") == 0) {
-        char *end;
         long n;
-        errno = 0;
-        n = strtol(v, &end, 10);
-        if (errno || end == v || *end || n < 1 || n > 1000000) {
+        if (config_long(v, 1, 1000000, &n) != 0) {
             snprintf(err, errlen, "%s '%s' is not a number from 1 to 1000000", what, v);
             return -1;
         }
         c->max_conns = (unsigned)n;
     } else if (strcmp(name, "resume-grace") == 0) {
-        char *end;
         long n;
-        errno = 0;
-        n = strtol(v, &end, 10);
-        if (errno || end == v || *end || n < 0 || n > PKT_GRACE_MAX) {
+        if (config_long(v, 0, PKT_GRACE_MAX, &n) != 0) {
             snprintf(err, errlen, "%s '%s' is not a number of seconds from 0 to %d", what, v,
                      PKT_GRACE_MAX);
             return -1;
         }
         c->resume_grace = (unsigned)n;
     } else if (strcmp(name, "resume-memory") == 0) {
-        char *end;
         long n;
-        errno = 0;
-        n = strtol(v, &end, 10);
-        if (errno || end == v || *end || n < 1 || n > 1048576) {
+        if (config_long(v, 1, 1048576, &n) != 0) {
             snprintf(err, errlen, "%s '%s' is not a number of MiB from 1 to 1048576", what, v);
             return -1;
         }

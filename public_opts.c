@@ -4,7 +4,6 @@
 #include "public_opts.h"
 
 #include <arpa/inet.h>
-#include <errno.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
@@ -134,11 +133,8 @@ static int set_option(struct public_cfg *c, const char *name, const char *v, int
         c->token_file = v;
         c->token_arg = NULL;
     } else if (strncmp(name, "max-conns", 9) == 0) {
-        char *end;
         long n;
-        errno = 0;
-        n = strtol(v, &end, 10);
-        if (errno || end == v || *end || n < 1 || n > 1000000) {
+        if (config_long(v, 1, 1000000, &n) != 0) {
             snprintf(err, errlen, "%s '%s' is not a number from 1 to 1000000", what, v);
             return -1;
         }
@@ -152,11 +148,8 @@ static int set_option(struct public_cfg *c, const char *name, const char *v, int
                strcmp(name, "resume-grace") == 0) {
         int grace = strcmp(name, "resume-grace") == 0, mem = strcmp(name, "resume-memory") == 0;
         long lo = grace ? 0 : 1, hi = grace ? PKT_GRACE_MAX : mem ? 1048576 : 1000000;
-        char *end;
         long n;
-        errno = 0;
-        n = strtol(v, &end, 10);
-        if (errno || end == v || *end || n < lo || n > hi) {
+        if (config_long(v, lo, hi, &n) != 0) {
             snprintf(err, errlen, "%s '%s' is not a number%s from %ld to %ld", what, v,
                      grace ? " of seconds" : mem ? " of MiB" : "", lo, hi);
             return -1;

@@ -1,5 +1,5 @@
 /* test_config.c - config.c: the "key = value" splitter with its limits and
- * file:line errors, config_bool, and the token file's mode checks. */
+ * file:line errors, config_bool, config_long, and the token file's mode checks. */
 
 #include "unit.h"
 
@@ -141,6 +141,15 @@ void test_config_limits(void)
     CHECK(config_bool("no") == 0 && config_bool("False") == 0 && config_bool("off") == 0 &&
           config_bool("0") == 0, "false values");
     CHECK(config_bool("") == -1 && config_bool("2") == -1 && config_bool("yess") == -1, "others");
+    {
+        long n = 7;
+        CHECK(config_long("5", 5, 3600, &n) == 0 && n == 5, "the low bound");
+        CHECK(config_long("3600", 5, 3600, &n) == 0 && n == 3600, "the high bound");
+        CHECK(config_long("4", 5, 3600, &n) == -1 && config_long("3601", 5, 3600, &n) == -1 &&
+              n == 3600, "out of range, *out untouched");
+        CHECK(config_long("", 0, 9, &n) == -1 && config_long("1x", 0, 9, &n) == -1 &&
+              config_long("99999999999999999999", 0, 9, &n) == -1, "not a number");
+    }
 }
 
 static void write_file(const char *path, const char *text, mode_t mode)
