@@ -142,13 +142,13 @@ void test_config_limits(void)
           config_bool("0") == 0, "false values");
     CHECK(config_bool("") == -1 && config_bool("2") == -1 && config_bool("yess") == -1, "others");
     {
-        long n = 7;
-        CHECK(config_long("5", 5, 3600, &n) == 0 && n == 5, "the low bound");
-        CHECK(config_long("3600", 5, 3600, &n) == 0 && n == 3600, "the high bound");
-        CHECK(config_long("4", 5, 3600, &n) == -1 && config_long("3601", 5, 3600, &n) == -1 &&
-              n == 3600, "out of range, *out untouched");
-        CHECK(config_long("", 0, 9, &n) == -1 && config_long("1x", 0, 9, &n) == -1 &&
-              config_long("99999999999999999999", 0, 9, &n) == -1, "not a number");
+        long v = 7;
+        CHECK(config_long("5", 5, 3600, &v) == 0 && v == 5, "the low bound");
+        CHECK(config_long("3600", 5, 3600, &v) == 0 && v == 3600, "the high bound");
+        CHECK(config_long("4", 5, 3600, &v) == -1 && config_long("3601", 5, 3600, &v) == -1 &&
+              v == 3600, "out of range, *out untouched");
+        CHECK(config_long("", 0, 9, &v) == -1 && config_long("1x", 0, 9, &v) == -1 &&
+              config_long("99999999999999999999", 0, 9, &v) == -1, "not a number");
     }
 }
 
