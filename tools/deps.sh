@@ -3,11 +3,12 @@
 #
 #   sh tools/deps.sh [build|demo|test|nat|soak]
 #
-# build: what `make` needs.  demo: what tools/demo.sh needs (the build, python3
+# build: what `make` needs (libhiredis-dev for the cluster store).  demo: what tools/demo.sh needs (the build, python3
 # for the sample web app, curl for its check).  test (default): everything
 # `make test` uses (sanitizers, real-NAT tests with dnsmasq, dig,
 # wireguard-go, vsftpd and lftp, nginx for the PROXY protocol test, haproxy for
-# --accept-proxy-from, browser test, benchmarks, the Debian package test).  nat: the tools of tests/nat_test.sh.  soak: test plus
+# --accept-proxy-from and the cluster test, redis-server and redis-sentinel for
+# the cluster store (tests/test_cluster.py), browser test, benchmarks, the Debian package test).  nat: the tools of tests/nat_test.sh.  soak: test plus
 # what `make soak` adds (debootstrap for tests/minimal_debian.sh).
 # tests/test_scripts.py checks that every program the scripts and tests call
 # is in their set (or on every Debian 12).  As root, missing packages are installed with apt-get;
@@ -15,13 +16,13 @@
 set -u
 
 SET=${1:-test}
-BUILD="build-essential gcc make pkg-config libjansson-dev libcivetweb-dev libssl-dev"
+BUILD="build-essential gcc make pkg-config libjansson-dev libcivetweb-dev libssl-dev libhiredis-dev"
 DEMO="$BUILD python3 curl"
 NAT="iproute2 nftables conntrack curl python3"
 TEST="$BUILD clang libclang-rt-14-dev python3 curl iproute2 nftables conntrack iperf3 socat
 openssh-server openssh-client tcpdump valgrind chromium nodejs npm
 dpkg-dev debhelper lintian fakeroot systemd man-db git procps openssl strace
-dnsmasq bind9-dnsutils wireguard-go wireguard-tools vsftpd lftp nginx-light haproxy"
+dnsmasq bind9-dnsutils wireguard-go wireguard-tools vsftpd lftp nginx-light haproxy redis-server redis-sentinel"
 SOAK="$TEST debootstrap"
 
 case "$SET" in
