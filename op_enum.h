@@ -22,13 +22,14 @@
     X(16, FTP_CONNECT, "private -> public (v5): active mode: the server connected; dial the client") \
     X(17, FTP_TLS, "private -> public (v5): FTP control conn switched to TLS (AUTH TLS)") \
     X(18, APPS, "private -> public (v4): unregister and register apps on the running tunnel") \
-    X(19, APPS_RESULT, "public -> private (v4): what became of each app of an APPS")
+    X(19, APPS_RESULT, "public -> private (v4): what became of each app of an APPS") \
+    X(20, NODES, "public -> private (v7): the live public nodes of a cluster, to tunnel to each")
 
 enum op_code {
 #define OP_ENUM_ITEM(code, name, desc) OP_##name = code,
     OP_LIST(OP_ENUM_ITEM)
 #undef OP_ENUM_ITEM
-    OP_MAX_CODE = 19
+    OP_MAX_CODE = 20
 };
 
 /* Name and description of an op code, or NULL for an unknown code. */

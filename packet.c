@@ -118,6 +118,44 @@ int pkt_valid_host(const char *s)
     return valid_chars(s, PKT_HOST_MAX, ".:_-");
 }
 
+int pkt_split_hostport(const char *s, char *host, size_t cap, int *port)
+{
+    const char *colon, *h = s, *end;
+    size_t n;
+    long p = 0;
+
+    if (!s || !*s)
+        return -1;
+    if (*s == '[') {
+        end = strchr(s, ']');
+        if (!end || end[1] != ':')
+            return -1;
+        h = s + 1;
+        colon = end + 1;
+    } else {
+        colon = strrchr(s, ':');
+        if (!colon || memchr(s, ':', (size_t)(colon - s)))
+            return -1; /* an IPv6 literal needs its brackets */
+        end = colon;
+    }
+    n = (size_t)(end - h);
+    if (n == 0 || n >= cap)
+        return -1;
+    if (!colon[1] || strlen(colon + 1) > 5)
+        return -1;
+    for (const char *d = colon + 1; *d; d++) {
+        if (*d < '0' || *d > '9')
+            return -1;
+        p = p * 10 + (*d - '0');
+    }
+    if (p < 1 || p > 65535)
+        return -1;
+    memcpy(host, h, n);
+    host[n] = '\0';
+    *port = (int)p;
+    return 0;
+}
+
 /* Fetch an integer member in [min, max]. A missing member is an error when
  * required, else *out is left alone. */
 static int get_int(json_t *hdr, const char *key, long long min, long long max, int required,
@@ -376,6 +414,38 @@ static int check_names(json_t *hdr, const char *key, char *err, size_t errlen)
     return 0;
 }
 
+/* NODES' "nodes": at most PKT_NODES_MAX {"name", "address": "HOST:PORT"},
+ * HOST a valid host name or IP literal (an IPv6 one in brackets). */
+static int check_nodes(json_t *hdr, char *err, size_t errlen)
+{
+    json_t *nodes = json_object_get(hdr, "nodes"), *n;
+    size_t i;
+
+    if (!json_is_array(nodes) || json_array_size(nodes) > PKT_NODES_MAX) {
+        snprintf(err, errlen, "member 'nodes' is not an array of at most %d", PKT_NODES_MAX);
+        return -1;
+    }
+    json_array_foreach(nodes, i, n) {
+        const char *addr = NULL;
+        char host[PKT_HOST_MAX + 1];
+        int port;
+
+        if (!json_is_object(n)) {
+            snprintf(err, errlen, "member 'nodes' has an entry that is not an object");
+            return -1;
+        }
+        if (get_name(n, "name", err, errlen) != 0 ||
+            get_str(n, "address", PKT_HOST_MAX + 8, 1, &addr, err, errlen) != 0)
+            return -1;
+        if (pkt_split_hostport(addr, host, sizeof(host), &port) != 0 || !pkt_valid_host(host)) {
+            snprintf(err, errlen, "node '%s' has no valid HOST:PORT address",
+                     json_string_value(json_object_get(n, "name")));
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* HELLO's and APPS' optional "allow": the private's allowlist, at most
  * PKT_ALLOW_MAX strings (their rules are the public side's to parse). */
 static int check_allow(json_t *hdr, char *err, size_t errlen)
@@ -608,7 +678,12 @@ int pkt_validate(json_t *hdr, struct pkt *out, char *err, size_t errlen)
             get_hex(hdr, "session", 32, 0, err, errlen) != 0 ||
             get_hex(hdr, "resume_token", 64, 0, err, errlen) != 0 ||
             get_bool(hdr, "resumed", 0, err, errlen) != 0 ||
-            check_apps(hdr, "apps", 1, err, errlen) != 0)
+            check_apps(hdr, "apps", 1, err, errlen) != 0 ||
+            (json_object_get(hdr, "node") && get_name(hdr, "node", err, errlen) != 0))
+            return -1;
+        break;
+    case OP_NODES:
+        if (check_nodes(hdr, err, errlen) != 0)
             return -1;
         break;
     case OP_RESUME:

@@ -10,12 +10,14 @@
 
 #include "op_enum.h"
 
-#define PKT_PROTO_VERSION 6                /* the highest version we speak */
+#define PKT_PROTO_VERSION 7                /* the highest version we speak */
 #define PKT_PROTO_UDP 3                    /* the first with UDP apps */
 #define PKT_PROTO_APPS 4                   /* the first with APPS (apps changed on a live tunnel) */
 #define PKT_PROTO_FTP 5                    /* the first with FTP apps */
 #define PKT_PROTO_PP 6                     /* the first with BUILD_CONNECTION's client,
                                               server and proxy_protocol */
+#define PKT_PROTO_CLUSTER 7                /* the first with WELCOME's node and NODES */
+#define PKT_NODES_MAX 64                   /* nodes in one NODES */
 #define PKT_ADDR_MAX 56                    /* "[IPv6]:port" of client and server */
 #define PKT_FTP_REQ_MAX 0x7fffffff         /* FTP_OPEN's request numbers */
 #define PKT_FTP_FIXED_MAX 1000             /* ports of an FTP app's fixed passive range */
@@ -83,5 +85,8 @@ void pkt_clear(struct pkt *p);
 int pkt_valid_name(const char *s);
 /* Host rule: 1..253 bytes of [A-Za-z0-9.:_-] (names, IPv4, IPv6 without brackets). */
 int pkt_valid_host(const char *s);
+/* Split "HOST:PORT" or "[IPv6]:PORT" into host (brackets dropped, at most
+ * cap - 1 bytes) and a port 1..65535. 0, or -1 when s is not that. */
+int pkt_split_hostport(const char *s, char *host, size_t cap, int *port);
 
 #endif

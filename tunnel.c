@@ -1558,6 +1558,10 @@ static int dispatch(struct tunnel *t, struct pkt *p, tunnel_op_fn fn, void *arg,
         if (t->version < PKT_PROTO_APPS || t->is_public != (p->op == OP_APPS) || !fn)
             goto unexpected;
         return fn(t, p, arg);
+    case OP_NODES:
+        if (t->version < PKT_PROTO_CLUSTER || t->is_public || !fn)
+            goto unexpected;
+        return fn(t, p, arg);
     default:
         goto unexpected;
     }

@@ -146,12 +146,15 @@ class MalformedTest(ProxyTest):
             self.still_serving(what)
 
     def test_apps_ops_out_of_place(self):
-        """APPS on a tunnel of a version without it, a malformed APPS, and
-        APPS_RESULT from the private end the tunnel; the good private stays."""
+        """APPS on a tunnel of a version without it, a malformed APPS,
+        APPS_RESULT and NODES from the private end the tunnel; the good
+        private stays."""
         cases = [
             (1, {"op": OP_APPS, "register": []}, "APPS on a version 1 tunnel"),
             (PROTO_VERSION, {"op": OP_APPS, "unregister": ["a b"]}, "APPS with a bad name"),
             (PROTO_VERSION, {"op": OP_APPS_RESULT, "apps": []}, "APPS_RESULT from a private"),
+            (6, {"op": harness.OP_NODES, "nodes": []}, "NODES on a version 6 tunnel"),
+            (PROTO_VERSION, {"op": harness.OP_NODES, "nodes": []}, "NODES from a private"),
         ]
         for version, op, what in cases:
             s = self.tun()

@@ -265,6 +265,8 @@ static const struct example {
               "\"public_port\":5353,\"target_host\":\"127.0.0.1\",\"target_port\":53,"
               "\"protocol\":\"udp\"}]}", 0},
     {OP_APPS_RESULT, "{\"op\":19,\"apps\":[{\"name\":\"dns\",\"ok\":true}]}", 0},
+    {OP_NODES, "{\"op\":20,\"nodes\":[{\"name\":\"n1\",\"address\":\"198.51.100.1:6300\"},"
+               "{\"name\":\"n2\",\"address\":\"[2001:db8::2]:6300\"}]}", 0},
 };
 #define NEXAMPLES (sizeof(examples) / sizeof(examples[0]))
 
@@ -275,10 +277,10 @@ static void test_op_names(void)
     static const char *names[] = {NULL,   "HELLO", "WELCOME",  "ERROR",    "PING", "BUILD_CONNECTION",
                                   "CONNECTED", "DATA", "ACK", "SHUTDOWN", "CLOSE", "RESUME",
                                   "UDP_DATA", "UDP_CLOSE", "FTP_OPEN", "FTP_OPENED",
-                                  "FTP_CONNECT", "FTP_TLS", "APPS", "APPS_RESULT"};
-    static const int bad[] = {0, -1, 20, 21, 100, INT_MIN, INT_MAX};
+                                  "FTP_CONNECT", "FTP_TLS", "APPS", "APPS_RESULT", "NODES"};
+    static const int bad[] = {0, -1, 21, 100, INT_MIN, INT_MAX};
 
-    CHECK(OP_MAX_CODE == 19, "OP_MAX_CODE is %d", OP_MAX_CODE);
+    CHECK(OP_MAX_CODE == 20, "OP_MAX_CODE is %d", OP_MAX_CODE);
     for (int op = 1; op <= OP_MAX_CODE; op++) {
         const char *n = op_name(op), *d = op_description(op);
         if (!names[op])
@@ -785,6 +787,8 @@ static const struct member {
     {OP_APPS, "register", K_ARRAY, 0},
     {OP_APPS_RESULT, "op", K_INT, 1},
     {OP_APPS_RESULT, "apps", K_ARRAY, 0},
+    {OP_NODES, "op", K_INT, 1},
+    {OP_NODES, "nodes", K_ARRAY, 1},
 };
 
 static const struct example *example_of(int op)
@@ -1308,6 +1312,66 @@ static void test_names(void)
     free(s65);
 }
 
+/* "HOST:PORT" and "[IPv6]:PORT" (the NODES addresses, --advertise): split,
+ * the brackets dropped; no port, port 0 or above 65535, a bare IPv6 literal,
+ * a host too long for the buffer refused. */
+static void test_split_hostport(void)
+{
+    static const struct {
+        const char *in, *host;
+        int port;
+    } good[] = {
+        {"198.51.100.1:6300", "198.51.100.1", 6300}, {"[2001:db8::2]:1", "2001:db8::2", 1},
+        {"node-1.example:65535", "node-1.example", 65535}, {"a:0080", "a", 80},
+    };
+    static const char *bad[] = {"", "host", "host:", ":80", "host:0", "host:65536",
+                                "host:123456", "host:8a", "2001:db8::1:80", "[2001:db8::1]",
+                                "[2001:db8::1]80", "[]:80", "host:-1", "host: 80"};
+    char host[16];
+    int port;
+
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        port = -1;
+        CHECK(pkt_split_hostport(good[i].in, host, sizeof(host), &port) == 0 &&
+                  strcmp(host, good[i].host) == 0 && port == good[i].port,
+              "%s split", good[i].in);
+    }
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        CHECK(pkt_split_hostport(bad[i], host, sizeof(host), &port) != 0, "\"%s\" refused",
+              bad[i]);
+    CHECK(pkt_split_hostport("abcdefghijklmnop:1", host, sizeof(host), &port) != 0,
+          "a host of 16 chars does not fit 16 bytes");
+    CHECK(pkt_split_hostport("abcdefghijklmno:1", host, sizeof(host), &port) == 0,
+          "a host of 15 chars fits");
+    CHECK(pkt_split_hostport(NULL, host, sizeof(host), &port) != 0, "NULL refused");
+}
+
+/* NODES (version 7) and WELCOME's "node". */
+static void test_nodes_members(void)
+{
+    char many[PKT_NODES_MAX * 48 + 16];
+    size_t n = 0;
+
+    MEMBER_OK(OP_NODES, "nodes", "[]");
+    MEMBER_OK(OP_NODES, "nodes", "[{\"name\":\"a\",\"address\":\"[::1]:6300\"}]");
+    MEMBER_BAD(OP_NODES, "nodes", "[{\"name\":\"a b\",\"address\":\"h:1\"}]");
+    MEMBER_BAD(OP_NODES, "nodes", "[{\"name\":\"a\"}]");
+    MEMBER_BAD(OP_NODES, "nodes", "[{\"name\":\"a\",\"address\":\"h\"}]");
+    MEMBER_BAD(OP_NODES, "nodes", "[{\"name\":\"a\",\"address\":\"h/x:1\"}]");
+    MEMBER_BAD(OP_NODES, "nodes", "[{\"name\":\"a\",\"address\":\"::1:6300\"}]");
+    MEMBER_BAD(OP_NODES, "nodes", "[{\"name\":\"a\",\"address\":1}]");
+    MEMBER_BAD(OP_NODES, "nodes", "[\"a\"]");
+    n += (size_t)snprintf(many + n, sizeof(many) - n, "[");
+    for (int i = 0; i <= PKT_NODES_MAX; i++)
+        n += (size_t)snprintf(many + n, sizeof(many) - n,
+                              "%s{\"name\":\"n%d\",\"address\":\"h:1\"}", i ? "," : "", i);
+    snprintf(many + n, sizeof(many) - n, "]");
+    MEMBER_BAD(OP_NODES, "nodes", many);
+    MEMBER_OK(OP_WELCOME, "node", "\"node-1\"");
+    MEMBER_BAD(OP_WELCOME, "node", "\"node 1\"");
+    MEMBER_BAD(OP_WELCOME, "node", "1");
+}
+
 static void test_valid_host(void)
 {
     char *h253 = repeat('h', 253), *h254 = repeat('h', 254);
@@ -1477,6 +1541,8 @@ static const struct {
     {"hello_fits_preauth", test_hello_fits_preauth},
     {"names", test_names},
     {"valid_host", test_valid_host},
+    {"split_hostport", test_split_hostport},
+    {"nodes_members", test_nodes_members},
     {"mutations", test_mutations},
     {"stream", test_stream},
     {"state_dir_open", test_state_dir_open},
