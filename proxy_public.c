@@ -20,6 +20,7 @@
 
 #include <openssl/crypto.h>
 
+#include "cluster.h"
 #include "log.h"
 #include "netio.h"
 #include "packet.h"
@@ -334,6 +335,20 @@ static void preauth_leave(int slot, unsigned gen)
     pthread_mutex_unlock(&preauth_lock);
 }
 
+/* In a cluster, WELCOME says which node answered (version 7). */
+static void add_node(json_t *w, int version)
+{
+    if (w && cluster_node() && version >= PKT_PROTO_CLUSTER)
+        json_object_set_new(w, "node", json_string(cluster_node()));
+}
+
+/* And NODES follows it, then again whenever the nodes change. */
+static void send_nodes(struct tunnel *t)
+{
+    if (cluster_node() && tunnel_version(t) >= PKT_PROTO_CLUSTER)
+        tunnel_send(t, cluster_nodes_packet(), NULL, 0);
+}
+
 /* WELCOME for HELLO p: the registration results of its apps and, when the
  * session can resume, its id and resumption token. */
 static int send_welcome(struct tunnel *t, struct pkt *p, const char *name, int resumed,
@@ -351,6 +366,7 @@ static int send_welcome(struct tunnel *t, struct pkt *p, const char *name, int r
         json_decref(w);
         w = NULL;
     }
+    add_node(w, tunnel_version(t));
     return tunnel_send(t, w, NULL, 0);
 }
 
@@ -366,6 +382,7 @@ static int send_welcome_resumed(struct tunnel *tmp, struct tunnel *s, struct pkt
                        "resume_token", token_hex, "resume_grace", (int)tunnel_grace_s(s),
                        "resumed", 1);
 
+    add_node(w, tunnel_version(s));
     return tunnel_send(tmp, w, NULL, 0);
 }
 
@@ -419,6 +436,7 @@ static enum resume_result try_resume(struct tunnel *tmp, struct pkt *p, const ch
         goto out;
     }
     registry_private_resumed(name, s, addr);
+    send_nodes(s);
     log_info("ev=tunnel_resume_accepted name=%s client=%s session=%s", name, addr, sid);
     rc = RESUME_DONE;
 out:
@@ -599,6 +617,7 @@ static void *tunnel_main(void *arg)
     OPENSSL_cleanse(token_hex, sizeof(token_hex));
     pkt_clear(&p);
     registry_private_up(name, t, addr);
+    send_nodes(t);
     up = 1;
     if (tunnel_start_heartbeat(t) != 0) {
         log_error("ev=thread_failed what=heartbeat");
@@ -816,6 +835,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "proxy_public: cannot listen on TUNNEL_PORT: %s\n", err);
         goto out_registry;
     }
+    /* Before the first tunnel or request: the registry asks the store. */
+    if (cfg.cluster && cluster_start(&cfg.cluster_url, cfg.node_name, cfg.advertise,
+                                     cfg.tls ? cfg.fingerprint : "", err, sizeof(err)) != 0) {
+        fprintf(stderr, "proxy_public: %s\n", err);
+        goto out_listen;
+    }
     if (net_ipv6_missing())
         log_warn("ev=ipv6_unavailable msg=\"the kernel has no IPv6: listening on IPv4 only\"");
     if (web_start(&cfg.binds, cfg.web_port, cfg.token, cfg.web_https ? cfg.tls : NULL, err,
@@ -884,6 +909,7 @@ out_listen:
     for (int i = 0; i < tunnel_nlisten; i++)
         shutdown(tunnel_listen_fds[i], SHUT_RDWR);
 out_registry:
+    cluster_stop();
     registry_shutdown();
     /* Handshakes still running end by their own 10 s deadline. */
     deadline = mono_ms() + HANDSHAKE_TIMEOUT_MS + 1000;

@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "netio.h"
@@ -26,6 +27,7 @@ static const struct config_option public_options[] = {
     {"max-udp-sessions", 1, 0}, {"max-udp-sessions-per-app", 1, 0},
     {"resume-grace", 1, 0}, {"resume-memory", 1, 0},
     {"ftp-ports", 1, 0}, {"public-address", 1, 0}, {"accept-proxy-from", 1, 0},
+    {"cluster", 1, 0}, {"node-name", 1, 0}, {"advertise", 1, 0},
     {"web-https", 0, 0}, {"insecure-plaintext", 0, 0}, {"log-level", 1, 0},
     {"help", 0, -1}, {"version", 0, -1}, {NULL, 0, 0}};
 
@@ -77,6 +79,17 @@ static void usage(FILE *f)
             "                       header (v1 or v2, HAProxy's send-proxy[-v2]) within\n"
             "                       5 s, whose address is then the client's; from any\n"
             "                       other address a PROXY header is the client's data\n"
+            "  --cluster URL        join a cluster of public nodes sharing their apps in\n"
+            "                       Redis: redis://[USER:PASSWORD@]HOST:PORT[/DB] or\n"
+            "                       sentinel://[USER:PASSWORD@]HOST:PORT[,...]/MASTER[/DB]\n"
+            "                       (or the password in env NAT_REDIS_PASSWORD); every\n"
+            "                       node needs the same --token and certificate (--cert,\n"
+            "                       --key). See docs/CLUSTER.md\n"
+            "  --node-name NAME     this node's name in the cluster (default: host name)\n"
+            "  --advertise HOST:PORT\n"
+            "                       where private proxies reach this node's tunnel port\n"
+            "                       (default: the first --bind address, else the host\n"
+            "                       name, and TUNNEL_PORT)\n"
             "  --allow-ports LIST   public ports apps may use: ports and LOW-HIGH ranges\n"
             "                       joined by commas (default 1024-65535; ports below 1024\n"
             "                       only when listed, e.g. --allow-ports 80,443,1024-65535)\n"
@@ -175,6 +188,30 @@ static int set_option(struct public_cfg *c, const char *name, const char *v, int
                      "ports)", what, v);
             return -1;
         }
+    } else if (strcmp(name, "cluster") == 0) {
+        char why[400];
+        if (cluster_parse_url(v, &c->cluster_url, why, sizeof(why)) != 0) {
+            snprintf(err, errlen, "%s: %s", what, why);
+            return -1;
+        }
+        c->cluster = 1;
+    } else if (strcmp(name, "node-name") == 0) {
+        if (!pkt_valid_name(v)) {
+            snprintf(err, errlen, "%s '%s' is not a name (letters, digits, '.', '_', '-'; at "
+                     "most %d)", what, v, PKT_NAME_MAX);
+            return -1;
+        }
+        snprintf(c->node_name, sizeof(c->node_name), "%s", v);
+    } else if (strcmp(name, "advertise") == 0) {
+        char host[PKT_HOST_MAX + 1];
+        int port;
+        if (strlen(v) >= sizeof(c->advertise) ||
+            pkt_split_hostport(v, host, sizeof(host), &port) != 0 || !pkt_valid_host(host)) {
+            snprintf(err, errlen, "%s '%s' is not HOST:PORT (an IPv6 address in brackets)", what,
+                     v);
+            return -1;
+        }
+        snprintf(c->advertise, sizeof(c->advertise), "%s", v);
     } else if (strcmp(name, "public-address") == 0) {
         struct in_addr ia;
         if (inet_pton(AF_INET, v, &ia) != 1) {
@@ -258,6 +295,39 @@ static int apply_config_file(struct public_cfg *c, char *err, size_t errlen)
 /* The settings: the config file (--config), then NAT_TOKEN, then the command
  * line, each over the one before. reloading: again with the same argv, at
  * SIGHUP (no --help or --version to act on). 0, or -1 with err. */
+/* The host name as a node name (other characters as '-'). */
+static void host_name(char *out, size_t cap)
+{
+    char host[256] = "";
+    size_t j = 0;
+
+    if (gethostname(host, sizeof(host) - 1) != 0)
+        host[0] = '\0';
+    for (size_t i = 0; host[i] && j + 1 < cap && j < PKT_NAME_MAX; i++)
+        out[j++] = pkt_valid_name((char[]){host[i], '\0'}) ? host[i] : '-';
+    out[j] = '\0';
+    if (!pkt_valid_name(out))
+        snprintf(out, cap, "node");
+}
+
+/* --node-name and --advertise when not given. */
+static void cluster_defaults(struct public_cfg *c)
+{
+    char host[PKT_HOST_MAX + 1];
+
+    if (!c->node_name[0])
+        host_name(c->node_name, sizeof(c->node_name));
+    if (c->advertise[0])
+        return;
+    if (c->binds.n && strcmp(c->binds.addr[0], "0.0.0.0") != 0 &&
+        strcmp(c->binds.addr[0], "::") != 0)
+        snprintf(host, sizeof(host), "%s", c->binds.addr[0]);
+    else
+        host_name(host, sizeof(host));
+    snprintf(c->advertise, sizeof(c->advertise), strchr(host, ':') ? "[%s]:%d" : "%s:%d", host,
+             c->tunnel_port);
+}
+
 int public_parse_args(struct public_cfg *c, int argc, char **argv, int reloading, char *err,
                       size_t errlen)
 {
@@ -345,6 +415,12 @@ int public_parse_args(struct public_cfg *c, int argc, char **argv, int reloading
         snprintf(err, errlen, "--token is longer than %d bytes", PKT_TOKEN_MAX);
         return -1;
     }
+    if (!c->cluster && (c->node_name[0] || c->advertise[0])) {
+        snprintf(err, errlen, "--node-name and --advertise belong to --cluster");
+        return -1;
+    }
+    if (c->cluster)
+        cluster_defaults(c);
     return 0;
 }
 
@@ -365,7 +441,8 @@ void public_reload(int argc, char **argv)
     static const char *const fixed[] = {"tunnel-port", "web-port", "bind", "state-dir", "cert",
                                         "key", "web-https", "insecure-plaintext", "token",
                                         "resume-memory", "ftp-ports", "public-address",
-                                        "accept-proxy-from"};
+                                        "accept-proxy-from", "cluster", "node-name",
+                                        "advertise"};
     int d[sizeof(fixed) / sizeof(fixed[0])];
 
     sd_notify_state("RELOADING=1");
@@ -417,6 +494,11 @@ void public_reload(int argc, char **argv)
     d[10] = n->ftp_lo != cfg.ftp_lo || n->ftp_hi != cfg.ftp_hi;
     d[11] = str_differs(n->public_address, cfg.public_address);
     d[12] = !cidr_list_equal(&n->accept_proxy, &cfg.accept_proxy);
+    d[13] = n->cluster != cfg.cluster ||
+            strcmp(n->cluster_url.shown, cfg.cluster_url.shown) != 0 ||
+            strcmp(n->cluster_url.password, cfg.cluster_url.password) != 0;
+    d[14] = strcmp(n->node_name, cfg.node_name) != 0;
+    d[15] = strcmp(n->advertise, cfg.advertise) != 0;
     if (n->resume_grace != cfg.resume_grace) {
         log_info("ev=reload_changed key=resume-grace old=%u new=%u msg=\"applies to tunnels "
                  "that connect from now on\"", cfg.resume_grace, n->resume_grace);
@@ -448,6 +530,7 @@ out:
     if (n) {
         config_free(&n->conf);
         memset(n->token_buf, 0, sizeof(n->token_buf));
+        memset(n->cluster_url.password, 0, sizeof(n->cluster_url.password));
         free(n);
     }
     sd_notify_state("READY=1");

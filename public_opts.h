@@ -9,6 +9,7 @@
 #include <stdio.h>
 
 #include "cidr.h"
+#include "cluster.h"
 #include "config.h"
 #include "ftp_data.h"
 #include "netio.h"
@@ -43,6 +44,10 @@ struct public_cfg {
     char ftp_ports_text[16];
     const char *public_address; /* --public-address: for 227 replies; NULL: as reached */
     struct cidr_list accept_proxy; /* --accept-proxy-from, repeatable (PP_ACCEPT_MAX) */
+    int cluster;                /* --cluster given: cluster_url holds it */
+    struct cluster_url cluster_url;
+    char node_name[PKT_NAME_MAX + 1];      /* --node-name, default the host name */
+    char advertise[PKT_HOST_MAX + 8];      /* --advertise HOST:PORT ("" until defaulted) */
 };
 
 #define PUBLIC_CFG_DEFAULTS                                                                      \

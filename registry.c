@@ -89,7 +89,9 @@ static struct {
     struct registry_limits limits;
     _Atomic int acceptors;
     _Atomic uint64_t resume_refused;
-} reg = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    const struct registry_store *store; /* set once before any request */
+    pthread_mutex_t wlock;              /* registry_write_lock */
+} reg = {.lock = PTHREAD_MUTEX_INITIALIZER, .wlock = PTHREAD_MUTEX_INITIALIZER};
 
 static void app_unref(struct app *a)
 {
@@ -1218,8 +1220,14 @@ static const char *actor_text(const char *priv, const struct principal *who, cha
     return buf;
 }
 
-int registry_register_as(const struct app_spec *in, int from_private, const struct principal *who,
-                         char *err, size_t errlen)
+/* How register_app goes: the checks only (the app as it would be into
+ * *resolved, 0 when it would change anything), the whole change, or the
+ * whole change of an app the store was just told of (an app already there
+ * exactly so, from a sync that came first, is then this change done). */
+enum reg_mode { REG_CHECK, REG_COMMIT, REG_CLAIMED };
+
+static int register_app(const struct app_spec *in, int from_private, const struct principal *who,
+                        enum reg_mode mode, struct app_spec *resolved, char *err, size_t errlen)
 {
     struct app_spec s = *in;
     struct app *old = NULL;
@@ -1319,6 +1327,11 @@ int registry_register_as(const struct app_spec *in, int from_private, const stru
                 old = a; /* its own private changed it: replace below */
                 continue;
             }
+            if (mode == REG_CLAIMED && same_spec(&a->spec, &s) &&
+                strcmp(a->spec.owner, s.owner) == 0) {
+                status = 201; /* the store's sync brought it first */
+                goto out;
+            }
             snprintf(err, errlen, "an app named '%s' already exists", s.name);
             status = 409;
             goto out;
@@ -1347,6 +1360,11 @@ int registry_register_as(const struct app_spec *in, int from_private, const stru
     if (!old && napps >= MAX_APPS) {
         snprintf(err, errlen, "too many apps (at most %d)", MAX_APPS);
         status = 409;
+        goto out;
+    }
+    if (mode == REG_CHECK) {
+        *resolved = s;
+        status = 0;
         goto out;
     }
     if (old && old->spec.public_port == s.public_port && old->spec.udp == s.udp &&
@@ -1420,8 +1438,57 @@ out:
     return status;
 }
 
+int registry_register_as(const struct app_spec *in, int from_private, const struct principal *who,
+                         char *err, size_t errlen)
+{
+    struct app_spec s;
+    char *prev = NULL;
+    int status;
+
+    if (!reg.store)
+        return register_app(in, from_private, who, REG_COMMIT, NULL, err, errlen);
+    /* The checks here, the claim in the store (where two nodes asking at
+     * once meet), then the change here; undone in the store if it fails. */
+    registry_write_lock();
+    status = register_app(in, from_private, who, REG_CHECK, &s, err, errlen);
+    if (status != 0)
+        goto out;
+    status = reg.store->claim(&s, from_private, &prev, err, errlen);
+    if (status != 0)
+        goto out;
+    status = register_app(&s, from_private, who, REG_CLAIMED, NULL, err, errlen);
+    if (status >= 300)
+        reg.store->undo(&s, prev);
+    else
+        reg.store->changed();
+out:
+    registry_write_unlock();
+    free(prev);
+    return status;
+}
+
+/* Why name may not be removed by owner / who (an HTTP status with err), or
+ * 0. Under reg.lock. */
+static int unregister_refusal_locked(const struct app *a, const char *name, const char *owner,
+                                     const struct principal *who, char *err, size_t errlen)
+{
+    if (!a) {
+        snprintf(err, errlen, "no app named '%s'", name ? name : "");
+        return 404;
+    }
+    if (owner && strcmp(a->spec.private_name, owner) != 0) {
+        snprintf(err, errlen, "app '%s' belongs to another private proxy", name);
+        return 403;
+    }
+    if (who && !who->admin && strcmp(a->spec.owner, who->scope.id) != 0) {
+        snprintf(err, errlen, "app '%s' is not one of this token's apps", name);
+        return 403;
+    }
+    return 0;
+}
+
 /* Remove app name: of private owner only (NULL: any private's), on behalf
- * of who (NULL: the admin). */
+ * of who (NULL: the admin); with a store, there first. */
 static int unregister(const char *name, const char *owner, const struct principal *who, char *err,
                       size_t errlen)
 {
@@ -1429,17 +1496,25 @@ static int unregister(const char *name, const char *owner, const struct principa
     struct app *a;
     int status;
 
+    if (reg.store) {
+        registry_write_lock();
+        pthread_mutex_lock(&reg.lock);
+        status = unregister_refusal_locked(name ? find_app(name) : NULL, name, owner, who, err,
+                                           errlen);
+        pthread_mutex_unlock(&reg.lock);
+        if (!status)
+            status = reg.store->remove(name, err, errlen);
+        if (status) {
+            registry_write_unlock();
+            return status;
+        }
+    }
     pthread_mutex_lock(&reg.lock);
     a = name ? find_app(name) : NULL;
-    if (!a) {
-        snprintf(err, errlen, "no app named '%s'", name ? name : "");
-        status = 404;
-    } else if (owner && strcmp(a->spec.private_name, owner) != 0) {
-        snprintf(err, errlen, "app '%s' belongs to another private proxy", name);
-        status = 403;
-    } else if (who && !who->admin && strcmp(a->spec.owner, who->scope.id) != 0) {
-        snprintf(err, errlen, "app '%s' is not one of this token's apps", name);
-        status = 403;
+    if ((status = unregister_refusal_locked(a, name, owner, who, err, errlen)) != 0) {
+        /* (already gone here: a sync after the store's change took it) */
+        if (reg.store && status == 404)
+            status = 200;
     } else if (save_locked(NULL, a, err, errlen) != 0) {
         status = 500;
     } else {
@@ -1449,6 +1524,11 @@ static int unregister(const char *name, const char *owner, const struct principa
         status = 200;
     }
     pthread_mutex_unlock(&reg.lock);
+    if (reg.store) {
+        if (status == 200)
+            reg.store->changed();
+        registry_write_unlock();
+    }
     return status;
 }
 
@@ -1498,6 +1578,8 @@ int registry_set_disabled(const char *name, int on, const struct principal *who,
     struct app *a;
     int status = 200, was;
 
+    if (reg.store)
+        registry_write_lock();
     pthread_mutex_lock(&reg.lock);
     a = name ? find_app(name) : NULL;
     if (!a) {
@@ -1513,6 +1595,19 @@ int registry_set_disabled(const char *name, int on, const struct principal *who,
     was = a->spec.disabled;
     if (was == !!on)
         goto out;
+    if (reg.store) {
+        /* The store first (without the registry's lock: it may take a while). */
+        struct app_spec changed = a->spec;
+        changed.disabled = !!on;
+        pthread_mutex_unlock(&reg.lock);
+        status = reg.store->update(&changed, err, errlen);
+        pthread_mutex_lock(&reg.lock);
+        if (status)
+            goto out;
+        status = 200;
+        if (!(a = find_app(name)) || a->spec.disabled == !!on)
+            goto out; /* a sync did it meanwhile */
+    }
     a->spec.disabled = !!on;
     if (save_locked(NULL, NULL, err, errlen) != 0) {
         a->spec.disabled = was;
@@ -1529,13 +1624,34 @@ int registry_set_disabled(const char *name, int on, const struct principal *who,
              actor_text(NULL, who, by, sizeof(by)));
 out:
     pthread_mutex_unlock(&reg.lock);
+    if (reg.store) {
+        if (status == 200)
+            reg.store->changed();
+        registry_write_unlock();
+    }
     return status;
+}
+
+/* End t (a reference, dropped here; NULL: nothing) for a kick. */
+static void kick_tunnel(struct tunnel *t, unsigned refuse_s)
+{
+    char msg[160];
+
+    if (!t)
+        return;
+    if (refuse_s)
+        snprintf(msg, sizeof(msg), "disconnected by the server's admin; refused for %u s",
+                 refuse_s);
+    else
+        snprintf(msg, sizeof(msg), "disconnected by the server's admin");
+    tunnel_fail(t, "kicked", msg);
+    tunnel_unref(t);
 }
 
 int registry_kick(const char *name, unsigned refuse_s, const struct principal *who, char *err,
                   size_t errlen)
 {
-    char by[TOKEN_LABEL_MAX * 4 + 40], msg[160];
+    char by[TOKEN_LABEL_MAX * 4 + 40];
     struct tunnel *t = NULL;
     struct priv *p;
 
@@ -1557,16 +1673,30 @@ int registry_kick(const char *name, unsigned refuse_s, const struct principal *w
     pthread_mutex_unlock(&reg.lock);
     log_info("ev=private_kicked name=%s refuse_s=%u online=%s by=%s", name, refuse_s,
              t ? "yes" : "no", actor_text(NULL, who, by, sizeof(by)));
-    if (t) {
-        if (refuse_s)
-            snprintf(msg, sizeof(msg), "disconnected by the server's admin; refused for %u s",
-                     refuse_s);
-        else
-            snprintf(msg, sizeof(msg), "disconnected by the server's admin");
-        tunnel_fail(t, "kicked", msg);
-        tunnel_unref(t);
-    }
+    if (reg.store)
+        reg.store->kicked(name, refuse_s);
+    kick_tunnel(t, refuse_s);
     return 200;
+}
+
+void registry_kick_local(const char *name, unsigned refuse_s)
+{
+    struct tunnel *t = NULL;
+    struct priv *p;
+
+    if (refuse_s > KICK_REFUSE_MAX)
+        refuse_s = KICK_REFUSE_MAX;
+    pthread_mutex_lock(&reg.lock);
+    p = find_priv(name);
+    if (p) {
+        p->refused_until = refuse_s ? mono_ms() + refuse_s * 1000ull : 0;
+        if ((t = p->t))
+            tunnel_ref(t);
+    }
+    pthread_mutex_unlock(&reg.lock);
+    log_info("ev=private_kicked name=%s refuse_s=%u online=%s by=cluster", name, refuse_s,
+             t ? "yes" : "no");
+    kick_tunnel(t, refuse_s);
 }
 
 unsigned registry_private_refused(const char *name)
@@ -2150,6 +2280,148 @@ void registry_count_resume_refused(void)
 }
 
 /* ----------------------------------------------------------- lifecycle */
+
+/* --------------------------------------------------------------- cluster */
+
+void registry_set_store(const struct registry_store *store)
+{
+    reg.store = store;
+}
+
+void registry_write_lock(void)
+{
+    pthread_mutex_lock(&reg.wlock);
+}
+
+void registry_write_unlock(void)
+{
+    pthread_mutex_unlock(&reg.wlock);
+}
+
+json_t *registry_spec_json(const struct app_spec *s)
+{
+    return spec_to_json(s);
+}
+
+json_t *registry_specs(void)
+{
+    json_t *all = json_object();
+
+    pthread_mutex_lock(&reg.lock);
+    for (struct app *a = reg.apps; a && all; a = a->next)
+        json_object_set_new(all, a->spec.name, spec_to_json(&a->spec));
+    pthread_mutex_unlock(&reg.lock);
+    return all;
+}
+
+void registry_each_tunnel(void (*fn)(struct tunnel *t, void *arg), void *arg)
+{
+    struct tunnel *live[MAX_PRIVATES];
+    unsigned n = 0;
+
+    pthread_mutex_lock(&reg.lock);
+    for (struct priv *p = reg.privs; p && n < MAX_PRIVATES; p = p->next) {
+        if (p->t && !tunnel_is_dead(p->t)) {
+            live[n++] = p->t;
+            tunnel_ref(p->t);
+        }
+    }
+    pthread_mutex_unlock(&reg.lock);
+    for (unsigned i = 0; i < n; i++) {
+        fn(live[i], arg);
+        tunnel_unref(live[i]);
+    }
+}
+
+/* An app from the store, as its node registered it: bound here (or retried
+ * by its acceptor when the port is busy), replacing old. Under reg.lock. */
+static void sync_add_locked(const struct app_spec *s, struct app *old)
+{
+    char why[200];
+    int lfd = -1, refused = !port_allowed(s->public_port), *range = NULL, xfds[NET_BIND_MAX],
+        nx = 0, created;
+
+    get_priv_locked(s->private_name, &created);
+    if (old)
+        remove_app_locked(old);
+    if (refused)
+        log_error("ev=app_port_not_allowed app=%s public_port=%d allowed=%s msg=\"registered on "
+                  "another node of the cluster, not served here: --allow-ports differs\"",
+                  s->name, s->public_port, reg.limits.ports_text);
+    else if (!s->disabled && (lfd = bind_app(s, xfds, &nx, why, sizeof(why))) < 0)
+        log_error("ev=app_bind_failed app=%s err=\"%s\" retry=yes", s->name, why);
+    if (!refused && s->ftp_lo && bind_range(s, &range, 0, why, sizeof(why)) != 0)
+        range = NULL;
+    if (add_app_locked(s, lfd, xfds, nx, range, refused, why, sizeof(why)) != 0) {
+        range_close(s, range);
+        close_fds(xfds, nx);
+        if (lfd >= 0)
+            close(lfd);
+        log_error("ev=app_restore_failed app=%s err=\"%s\"", s->name, why);
+        return;
+    }
+    log_info("ev=app_registered app=%s protocol=%s public_port=%d target=%s:%d private=%s "
+             "by=cluster", s->name, spec_protocol(s), s->public_port, s->target_host,
+             s->target_port, s->private_name);
+}
+
+void registry_sync(json_t *remote)
+{
+    struct app *a, *next;
+    const char *name;
+    json_t *v;
+    char err[256];
+    int changed = 0;
+
+    pthread_mutex_lock(&reg.lock);
+    for (a = reg.apps; a; a = next) {
+        next = a->next;
+        if (!json_object_get(remote, a->spec.name)) {
+            log_info("ev=app_unregistered app=%s by=cluster", a->spec.name);
+            remove_app_locked(a);
+            changed = 1;
+        }
+    }
+    json_object_foreach(remote, name, v) {
+        struct app_spec s;
+        if (registry_spec_from_json(v, &s, err, sizeof(err)) != 0 || strcmp(s.name, name) != 0 ||
+            !s.private_name[0]) {
+            log_error("ev=cluster_entry_skipped app=%s err=\"%s\"", name,
+                      err[0] ? err : "its name or private is missing");
+            err[0] = '\0';
+            continue;
+        }
+        spec_state_from_json(v, &s);
+        a = find_app(s.name);
+        if (a && same_spec(&a->spec, &s) && strcmp(a->spec.owner, s.owner) == 0 &&
+            a->spec.disabled == s.disabled)
+            continue;
+        changed = 1;
+        if (a && same_spec(&a->spec, &s)) {
+            /* Only its owner or its disabled mark: as POST /disable does. */
+            int off = s.disabled && !a->spec.disabled;
+            a->spec = s;
+            if (off && a->listen_fd >= 0 && !a->spec.udp)
+                shutdown(a->listen_fd, SHUT_RDWR);
+            for (int i = 0; off && i < a->nx && !a->spec.udp; i++)
+                shutdown(a->xfds[i], SHUT_RDWR);
+            log_info("ev=app_%s app=%s by=cluster", s.disabled ? "disabled" : "enabled", s.name);
+            continue;
+        }
+        if (a && a->spec.public_port == s.public_port && a->spec.udp == s.udp &&
+            a->spec.ftp_lo == s.ftp_lo && a->spec.ftp_hi == s.ftp_hi &&
+            a->spec.disabled == s.disabled) {
+            a->spec = s; /* a new target: in place, as registry_register_as does */
+            log_info("ev=app_updated app=%s public_port=%d target=%s:%d private=%s by=cluster",
+                     s.name, s.public_port, s.target_host, s.target_port, s.private_name);
+            continue;
+        }
+        sync_add_locked(&s, a);
+    }
+    if (changed && save_locked(NULL, NULL, err, sizeof(err)) != 0)
+        log_error("ev=state_save_failed err=\"%s\"", err);
+    pthread_mutex_unlock(&reg.lock);
+}
 
 int registry_init(const struct state_dir *state, const struct net_binds *binds, int tunnel_port,
                   int web_port,

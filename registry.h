@@ -128,4 +128,45 @@ void registry_private_resumed(const char *name, struct tunnel *t, const char *ad
 /* A resume was refused for a wrong token (counted for /metrics). */
 void registry_count_resume_refused(void);
 
+/* ------------------------------------------------------------- cluster */
+
+/* A shared store of registrations (cluster.c, Redis) that the registry asks
+ * before it changes an app, so that every node agrees: NULL (the default)
+ * means none, the node stands alone. Each call returns 0, or an HTTP status
+ * (409 taken, 503 store unreachable) with err for a person. */
+struct registry_store {
+    /* Claim s atomically in the store (name and port). *prev: what it
+     * replaced (a malloc'd JSON text, NULL: nothing), for undo. */
+    int (*claim)(const struct app_spec *s, int from_private, char **prev, char *err,
+                 size_t errlen);
+    /* Put back what claim replaced, when the local change failed after all. */
+    void (*undo)(const struct app_spec *s, const char *prev);
+    int (*remove)(const char *name, char *err, size_t errlen);
+    int (*update)(const struct app_spec *s, char *err, size_t errlen);
+    /* Tell the other nodes: the apps changed; private name was kicked. */
+    void (*changed)(void);
+    void (*kicked)(const char *name, unsigned refuse_s);
+};
+void registry_set_store(const struct registry_store *store);
+
+/* Writers (register, unregister, disable, a sync from the store) take this
+ * lock around the store's call and the local change, so that a sync never
+ * undoes a change made between its read and its apply. */
+void registry_write_lock(void);
+void registry_write_unlock(void);
+
+/* Make the local apps what the store says: remote is an object name -> app
+ * entry (registry_spec_json's); apps missing from it are removed, others
+ * added, changed or left alone. The caller holds registry_write_lock. */
+void registry_sync(json_t *remote);
+/* The entry of an app as the store keeps it (name, ports, target, private,
+ * owner, disabled), a new reference. */
+json_t *registry_spec_json(const struct app_spec *s);
+/* Every app, as registry_spec_json, in an object by name (a new reference). */
+json_t *registry_specs(void);
+/* A kick another node was asked for: disconnect and refuse name here too. */
+void registry_kick_local(const char *name, unsigned refuse_s);
+/* Call fn on every live tunnel (outside the registry's lock). */
+void registry_each_tunnel(void (*fn)(struct tunnel *t, void *arg), void *arg);
+
 #endif

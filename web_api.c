@@ -13,6 +13,7 @@
  * connection (no keep-alive) with WEB_THREADS workers: that bounds the requests
  * handled at once. */
 
+#include "cluster.h"
 #include "web_api.h"
 
 #include <arpa/inet.h>
@@ -433,6 +434,7 @@ static int api_metrics(struct mg_connection *conn)
                "process_threads %ld\n# HELP process_open_fds Open file descriptors.\n"
                "# TYPE process_open_fds gauge\nprocess_open_fds %ld\n",
             text, threads, fds);
+    cluster_metrics(f);
     fclose(f);
     free(text);
     rc = send_body(conn, 200, "text/plain; version=0.0.4; charset=utf-8", all, len, NULL);
@@ -507,6 +509,7 @@ static int handle(struct mg_connection *conn, void *cbdata)
         return send_error(conn, 403, "only the admin token may do this");
     if (strcmp(uri, "/list") == 0) {
         json_t *l = registry_list_as(&who);
+        cluster_decorate_list(l);
         if (l && !who.admin)
             json_object_set_new(l, "token", token_scope_json(&who.scope));
         if (l)
