@@ -357,12 +357,13 @@ static redisContext *connect_primary(int *replicas, char *err, size_t errlen)
         }
         freeReplyObject(r);
     }
-    if (u->db && !(r = call(c, -1, why, sizeof(why), "SELECT %d", u->db))) {
-        snprintf(err, errlen, "%s:%d: SELECT %d: %s", host, port, u->db, why);
-        goto fail;
-    }
-    if (u->db)
+    if (u->db) {
+        if (!(r = call(c, -1, why, sizeof(why), "SELECT %d", u->db))) {
+            snprintf(err, errlen, "%s:%d: SELECT %d: %s", host, port, u->db, why);
+            goto fail;
+        }
         freeReplyObject(r);
+    }
     if (!(r = call(c, REDIS_REPLY_ARRAY, why, sizeof(why), "ROLE"))) {
         snprintf(err, errlen, "%s:%d: ROLE: %s", host, port, why);
         goto fail;
