@@ -13,6 +13,7 @@ of its own loopback address; every wait is bounded."""
 import os
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -21,7 +22,7 @@ import time
 
 import harness
 from harness import (ProxyTest, SLOW, frame, read_frame, OP_HELLO, OP_WELCOME, OP_ERROR,
-                     OP_PING, OP_NODES, OP_BUILD, OP_CONNECTED, OP_DATA)
+                     OP_PING, OP_NODES, OP_BUILD, OP_CONNECTED, OP_DATA, OP_CLOSE, OP_APPS)
 from helpers import apps
 
 PROTO_CLUSTER = 7
@@ -101,6 +102,7 @@ class FakeNode:
         self.name = name
         self.answer = answer or name
         self.nodes = None
+        self.refuse = None       # an ERROR code to answer HELLO with instead
         self.lsock = socket.socket()
         self.lsock.bind((host, 0))
         self.lsock.listen(16)
@@ -152,6 +154,10 @@ class FakeNode:
                     self.tls_done += 1
             f = read_frame(s)
             if f is None or f[0].get("op") != OP_HELLO:
+                s.close()
+                return
+            if self.refuse:
+                s.sendall(frame({"op": OP_ERROR, "code": self.refuse, "message": "refused"}))
                 s.close()
                 return
             welcome = {"op": OP_WELCOME, "version": PROTO_CLUSTER, "window": 4 << 20,
@@ -243,10 +249,11 @@ class ClusterPrivateTest(ProxyTest):
         self.fakes.append(n)
         return n
 
-    def start(self, main, register=(), tls=False):
-        extra = [] if tls or "--insecure-plaintext" in harness.EXTRA_ARGS \
+    def start(self, main, register=(), tls=False, extra=()):
+        plain = [] if tls or "--insecure-plaintext" in harness.EXTRA_ARGS \
             else ["--insecure-plaintext"]
-        return self.start_private(port=main.port, register=register, extra=extra)
+        return self.start_private(port=main.port, register=register,
+                                  extra=plain + list(extra))
 
     def wait_open(self, node, n, timeout=None, what=None):
         """Until node has exactly n open tunnels; returns them."""
@@ -257,12 +264,12 @@ class ClusterPrivateTest(ProxyTest):
                                  what or "%d open tunnel(s) on %s" % (n, node.name))
         return got if n else []
 
-    def three_nodes(self, register=()):
+    def three_nodes(self, register=(), extra=()):
         n1 = self.node("n1", "127.0.0.1")
         n2 = self.node("n2", "127.0.0.21")
         n3 = self.node("n3", "127.0.0.22")
         n1.nodes = [n1.entry(), n2.entry(), n3.entry()]
-        p = self.start(n1, register=register)
+        p = self.start(n1, register=register, extra=extra)
         return p, n1, n2, n3
 
     def test_one_tunnel_to_each_listed_node(self):
@@ -384,6 +391,56 @@ class ClusterPrivateTest(ProxyTest):
         for name in ("n2", "n3"):
             self.assertRegex(out, r'ev=node_session_stop node=%s reason="shutting down"' % name)
         self.assertIn("ev=exit code=0", out)
+
+    def test_reload_pushes_the_apps_to_every_tunnel(self):
+        echo = self.server(apps.EchoServer)
+        conf = os.path.join(self.tmp, "private.conf")
+        line = "register = web:%d:127.0.0.1:%d\n" % (harness.free_port(), echo.port)
+        with open(conf, "w") as f:
+            f.write(line)
+        p, n1, n2, n3 = self.three_nodes(extra=["--config", conf])
+        tunnels = [self.wait_open(n, 1)[0] for n in (n1, n2, n3)]
+        for t in tunnels:
+            self.assertEqual([a["name"] for a in t.hello["apps"]], ["web"])
+        with open(conf, "w") as f:
+            f.write(line + "register = more:%d:127.0.0.1:%d\n" % (harness.free_port(),
+                                                                   echo.port))
+        p.popen.send_signal(signal.SIGHUP)
+        for t in tunnels:
+            h, _ = t.wait_frame(lambda h: h["op"] == OP_APPS, 10 * SLOW, "APPS")
+            self.assertEqual([a["name"] for a in h["register"]], ["more"], h)
+        p.wait_log(r"ev=reload_apps_changed added=more .*on the running tunnel", 10 * SLOW)
+
+    def test_max_conns_counts_every_tunnel(self):
+        echo = self.server(apps.EchoServer)
+        p, n1, n2, n3 = self.three_nodes(extra=["--max-conns", "2"])
+        tunnels = [self.wait_open(n, 1)[0] for n in (n1, n2, n3)]
+        for i, t in enumerate(tunnels[:2]):
+            t.send({"op": OP_BUILD, "conn": 1, "app": "a", "target_host": "127.0.0.1",
+                    "target_port": echo.port})
+            t.wait_frame(lambda h: h["op"] == OP_CONNECTED and h["conn"] == 1, 10 * SLOW,
+                         "CONNECTED on tunnel %d" % (i + 1))
+        tunnels[2].send({"op": OP_BUILD, "conn": 1, "app": "a", "target_host": "127.0.0.1",
+                         "target_port": echo.port})
+        h, _ = tunnels[2].wait_frame(lambda h: h["op"] in (OP_CLOSE, OP_CONNECTED), 10 * SLOW,
+                                     "CLOSE for the third connection")
+        self.assertEqual(h["op"], OP_CLOSE, h)
+        self.assertIn("--max-conns", h.get("reason", ""))
+        p.wait_log(r"ev=conn_refused .*--max-conns 2.*refused_total=1", 5 * SLOW)
+
+    def test_a_fatal_main_session_ends_the_node_sessions(self):
+        p, n1, n2, n3 = self.three_nodes()
+        for n in (n1, n2, n3):
+            self.wait_open(n, 1)
+        p.expect_exit = 3
+        n1.refuse = "bad_token"
+        n1.drop_all()
+        harness.wait_until(lambda: not p.alive(), 20 * SLOW, "the private's exit")
+        self.assertEqual(p.popen.returncode, 3, p.log_tail())
+        for n in (n2, n3):
+            for t in n.all_tunnels():
+                self.assertTrue(t.wait_closed(5 * SLOW), "%s's tunnel stays open" % n.name)
+        self.assertIn("ev=exit code=3", p.output())
 
     def test_nodes_must_share_the_pinned_certificate(self):
         if "--insecure-plaintext" in harness.EXTRA_ARGS:
