@@ -37,15 +37,67 @@
 #define RESUME_DIAL_MS 3000     /* each dial while resuming: the link may come back any moment */
 
 
-/* Connections turned down by --max-conns: counted, and logged at most once
- * per REFUSED_LOG_EVERY_MS (the reader thread only). */
+#define NODE_DIAL_MS 3000       /* a node session's dial: keeps its stop (and SIGTERM) quick */
+#define NODE_SESSION_STACK THREAD_STACK_SIZE_TLS /* handshakes run OpenSSL */
+
+/* Connections turned down by --max-conns: counted over all tunnels, and
+ * logged at most once per REFUSED_LOG_EVERY_MS (the readers, under
+ * refused_lock). */
+static pthread_mutex_t refused_lock = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t refused_total, refused_logged, refused_log_ms;
 
-/* Shutdown: the signal thread sets stop and kills the current tunnel. */
+/* One tunnel session and the address it dials: the main one (the command
+ * line's address, on the main thread), and in a cluster one for each other
+ * node NODES lists, each on a thread of its own that cluster_main starts,
+ * stops and joins (docs/PROTOCOL.md, "Cluster"). The members marked so are
+ * under state_lock; the others are set before the session's thread starts,
+ * or are its own. */
+struct session {
+    int is_main;
+    char node[PKT_NAME_MAX + 1];    /* a node session: the node it must reach */
+    char host[PKT_HOST_MAX + 1];
+    int port;
+    char hp[PKT_HOST_MAX + 16];     /* HOST:PORT for logs, an IPv6 HOST in brackets */
+    pthread_t tid;                  /* a node session's thread */
+    /* under state_lock: */
+    struct tunnel *live;            /* the tunnel up now (the session thread's reference) */
+    int hs_fd;                      /* the socket of a handshake under way, or -1 */
+    char reached[PKT_NAME_MAX + 1]; /* the node its last WELCOME named, or "" */
+    int stop;                       /* a node session: asked to end (stop_reason why) */
+    char stop_reason[160];
+    int ended;                      /* its thread is over: join it */
+    int joined;
+    int given_up;                   /* it was replaced: not started again while listed,
+                                       until the main session starts afresh (epoch) */
+    uint64_t epoch;
+};
+
+/* A node NODES listed. */
+struct node_addr {
+    char name[PKT_NAME_MAX + 1];
+    char host[PKT_HOST_MAX + 1];
+    int port;
+};
+
+/* Shutdown: the signal thread sets stop_requested and kills every session's
+ * tunnel. state_cond is broadcast on every change below (waits recheck). */
 static pthread_mutex_t state_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t state_cond;
 static int stop_requested;
-static struct tunnel *current;
+static struct session main_sess = {.is_main = 1, .hs_fd = -1};
+/* The cluster, under state_lock: the latest NODES, the node sessions (their
+ * structs are cluster_main's: it frees them after joining their threads),
+ * the fingerprint the main session verified (which every node must present),
+ * and how many fresh sessions the main one started. */
+static struct node_addr listed[PKT_NODES_MAX];
+static int nlisted;
+static struct session *nodes[PKT_NODES_MAX];
+static int nnodes;
+static char pinned_fp[TLS_FP_LEN];
+static uint64_t main_epoch;
+static uint64_t cluster_gen;    /* moves on what cluster_main acts on */
+static int cluster_started;
+static pthread_t cluster_tid;
 
 
 static int apps_count(void)
@@ -155,8 +207,6 @@ static int udp_connect_allowed(const char *host, int port, char *err, size_t err
 }
 
 static int on_build_connection(struct tunnel *t, struct pkt *p, void *arg);
-/* HOST:TUNNEL_PORT for logs, an IPv6 HOST in brackets (set at start). */
-static char public_hp[PKT_HOST_MAX + 16];
 
 /* The results of registering apps (WELCOME, APPS_RESULT), logged. */
 static void log_app_results(json_t *results)
@@ -211,17 +261,39 @@ static json_t *app_request(const struct app_req *a)
     return e;
 }
 
+/* References to the tunnels up now (the main session's and the node
+ * sessions'), at most PKT_NODES_MAX + 1; their number. tunnel_unref each. */
+static int live_tunnels(struct tunnel **out)
+{
+    int n = 0;
+
+    pthread_mutex_lock(&state_lock);
+    if (main_sess.live) {
+        tunnel_ref(main_sess.live);
+        out[n++] = main_sess.live;
+    }
+    for (int i = 0; i < nnodes && n < PKT_NODES_MAX + 1; i++) {
+        if (nodes[i]->live) {
+            tunnel_ref(nodes[i]->live);
+            out[n++] = nodes[i]->live;
+        }
+    }
+    pthread_mutex_unlock(&state_lock);
+    return n;
+}
+
 /* An APPS request for the apps that changed on a reload (old before, now
- * after), with the allowlist in force, on the running tunnel when the public
- * side speaks version 4; sent also with no app changed when allow_changed.
- * 1 sent, 0 nothing to send, -1 not sent (no tunnel up, or an older public
- * side: then the next HELLO carries the apps). */
+ * after), with the allowlist in force, on every running tunnel whose public
+ * side speaks version 4 (each node of a cluster has its own); sent also with
+ * no app changed when allow_changed. 1 sent on every tunnel up, 0 nothing to
+ * send, -1 not sent on some (none up, or an older public side: then the next
+ * HELLO carries the apps). */
 int private_push_apps(const struct app_req *old, int nold, const struct app_req *now, int nnow,
                       int allow_changed)
 {
     json_t *unreg = json_array(), *reg = json_array();
-    struct tunnel *t;
-    int rc = -1;
+    struct tunnel *ts[PKT_NODES_MAX + 1];
+    int rc = -1, nt, sent = 0, failed = 0;
 
     for (int j = 0; j < nold && unreg; j++) {
         int same = 0;
@@ -247,27 +319,37 @@ int private_push_apps(const struct app_req *old, int nold, const struct app_req 
         json_decref(reg);
         return 0;
     }
-    pthread_mutex_lock(&state_lock);
-    t = current;
-    if (t)
-        tunnel_ref(t);
-    pthread_mutex_unlock(&state_lock);
-    if (t && !tunnel_is_dead(t) && tunnel_version(t) >= PKT_PROTO_APPS) {
-        /* packet() takes both arrays, whatever becomes of the send. */
-        json_t *op = packet(OP_APPS, "{s:o,s:o,s:o*}", "unregister", unreg, "register", reg,
-                            "allow", allow_member());
-        unreg = reg = NULL;
-        if (tunnel_send(t, op, NULL, 0) == 0)
-            rc = 1;
+    nt = live_tunnels(ts);
+    for (int i = 0; i < nt; i++) {
+        json_t *op;
+        if (tunnel_is_dead(ts[i]) || tunnel_version(ts[i]) < PKT_PROTO_APPS) {
+            failed++;
+            continue;
+        }
+        /* Each its own copy (packet() takes them, whatever becomes of the
+         * send): no JSON value is shared by two tunnels. */
+        op = packet(OP_APPS, "{s:o,s:o,s:o*}", "unregister", json_deep_copy(unreg),
+                    "register", json_deep_copy(reg), "allow", allow_member());
+        if (tunnel_send(ts[i], op, NULL, 0) == 0)
+            sent++;
+        else
+            failed++;
     }
+    for (int i = 0; i < nt; i++)
+        tunnel_unref(ts[i]);
     json_decref(unreg);
     json_decref(reg);
-    if (t)
-        tunnel_unref(t);
+    /* Every live tunnel took it: 1; any that did not gets the apps with its
+     * next HELLO. */
+    if (sent > 0 && failed == 0)
+        rc = 1;
     return rc;
 }
 
-/* What the public side sends on the tunnel beyond the relay's own. */
+static void cluster_take_nodes(struct pkt *p);
+
+/* What the public side sends on the tunnel beyond the relay's own; arg is
+ * the session. */
 static int on_public_op(struct tunnel *t, struct pkt *p, void *arg)
 {
     if (p->op == OP_APPS_RESULT) {
@@ -275,7 +357,27 @@ static int on_public_op(struct tunnel *t, struct pkt *p, void *arg)
         log_app_results(json_object_get(p->json, "apps"));
         return 0;
     }
+    if (p->op == OP_NODES) {
+        cluster_take_nodes(p);
+        return 0;
+    }
     return on_build_connection(t, p, arg);
+}
+
+/* The connections open at home over all tunnels (--max-conns counts them
+ * all): t's, and those of every other session's tunnel. */
+static unsigned conns_at_home(struct tunnel *t)
+{
+    unsigned n = tunnel_conn_count(t);
+
+    pthread_mutex_lock(&state_lock);
+    if (main_sess.live && main_sess.live != t)
+        n += tunnel_conn_count(main_sess.live);
+    for (int i = 0; i < nnodes; i++)
+        if (nodes[i]->live && nodes[i]->live != t)
+            n += tunnel_conn_count(nodes[i]->live);
+    pthread_mutex_unlock(&state_lock);
+    return n;
 }
 
 /* BUILD_CONNECTION with "proxy_protocol" (version 6): the connection starts
@@ -308,18 +410,24 @@ static int on_build_connection(struct tunnel *t, struct pkt *p, void *arg)
     int port = (int)json_integer_value(json_object_get(p->json, "target_port"));
 
     (void)arg;
-    if (tunnel_conn_count(t) >= max_conns_now) {
-        uint64_t now = mono_ms();
+    if (conns_at_home(t) >= max_conns_now) {
+        uint64_t now = mono_ms(), total, since;
+        int say = 0;
         conn_refuse(t, p->conn, "too many connections at home (proxy_private --max-conns)");
-        refused_total++;
+        pthread_mutex_lock(&refused_lock);
+        total = ++refused_total;
+        since = refused_total - refused_logged;
         if (refused_logged == 0 || now - refused_log_ms >= REFUSED_LOG_EVERY_MS) {
-            log_warn("ev=conn_refused reason=\"too many connections (--max-conns %u)\" "
-                     "refused=%llu refused_total=%llu",
-                     (unsigned)max_conns_now, (unsigned long long)(refused_total - refused_logged),
-                     (unsigned long long)refused_total);
             refused_logged = refused_total;
             refused_log_ms = now;
+            say = 1;
         }
+        pthread_mutex_unlock(&refused_lock);
+        if (say)
+            log_warn("ev=conn_refused reason=\"too many connections (--max-conns %u)\" "
+                     "refused=%llu refused_total=%llu",
+                     (unsigned)max_conns_now, (unsigned long long)since,
+                     (unsigned long long)total);
         return 0;
     }
     if (json_object_get(p->json, "ftp")) {
@@ -355,10 +463,34 @@ enum session_end {
     SESSION_REPLACED,   /* another proxy took our name: wait the longest delay */
 };
 
+/* A node session's check of a node's certificate: it must have the
+ * fingerprint the main session verified (or --fingerprint's), as every node
+ * of a cluster has the same certificate; nothing is sent to one that has
+ * not. 0 when it does. */
+static int node_pin_check(struct session *s, const char *fp)
+{
+    char want[TLS_FP_LEN];
+
+    pthread_mutex_lock(&state_lock);
+    snprintf(want, sizeof(want), "%s", cfg.fingerprint[0] ? cfg.fingerprint : pinned_fp);
+    pthread_mutex_unlock(&state_lock);
+    if (want[0] && strcmp(fp, want) == 0)
+        return 0;
+    log_error("ev=fingerprint_mismatch node=%s public=%s got=%s expected=%s msg=\"REFUSING this "
+              "node (its token is not sent): its certificate is not the one %s was pinned "
+              "with; nodes of a cluster share one certificate: --cert/--key on every node\" "
+              "pinned_by=%s",
+              s->node, s->hp, fp, want[0] ? want : "none", main_sess.hp,
+              cfg.fingerprint[0] ? "--fingerprint" : cfg.known_hosts);
+    return -1;
+}
+
 /* TLS handshake and pinning check before anything secret is sent. On success
  * *out holds the SSL object; on failure it stays NULL and the result says
- * whether retrying can help. */
-static enum session_end tls_connect(int fd, uint64_t deadline, SSL **out)
+ * whether retrying can help. The main session pins as --fingerprint says, or
+ * trusts on first use (known_hosts), and remembers what it verified; a node
+ * session takes only that (node_pin_check) and writes nothing down. */
+static enum session_end tls_connect(struct session *s, int fd, uint64_t deadline, SSL **out)
 {
     char fp[TLS_FP_LEN], old[TLS_FP_LEN], err[300], hostport[300];
     SSL *ssl = SSL_new(cfg.tls);
@@ -369,22 +501,27 @@ static enum session_end tls_connect(int fd, uint64_t deadline, SSL **out)
     if (ssl)
         diag_tls_watch(ssl, &peek);
     if (!ssl || tls_handshake(ssl, fd, 0, deadline, err, sizeof(err)) != 0) {
-        log_warn("ev=handshake_failed public=%s err=\"TLS: %s\" hint=\"%s\"", public_hp,
+        log_warn("ev=handshake_failed public=%s err=\"TLS: %s\" hint=\"%s\"", s->hp,
                  ssl ? err : "out of memory", diag_tls_client_hint(&peek, err));
         SSL_free(ssl);
         return SESSION_RETRY;
     }
     if (tls_peer_fingerprint(ssl, fp) != 0) {
-        log_error("ev=refused public=%s err=\"the public side sent no certificate\"", public_hp);
+        log_error("ev=refused public=%s err=\"the public side sent no certificate\"", s->hp);
         SSL_free(ssl);
         return SESSION_RETRY;
     }
-    if (cfg.fingerprint[0]) {
+    if (!s->is_main) {
+        if (node_pin_check(s, fp) != 0) {
+            SSL_free(ssl);
+            return SESSION_RETRY;
+        }
+    } else if (cfg.fingerprint[0]) {
         if (strcmp(fp, cfg.fingerprint) != 0) {
             log_error("ev=fingerprint_mismatch public=%s expected=%s got=%s "
                       "msg=\"REFUSING: the public side's certificate is not the one given with "
                       "--fingerprint; someone may be intercepting the tunnel\"",
-                      public_hp, cfg.fingerprint, fp);
+                      s->hp, cfg.fingerprint, fp);
             SSL_free(ssl);
             return SESSION_FATAL;
         }
@@ -404,18 +541,38 @@ static enum session_end tls_connect(int fd, uint64_t deadline, SSL **out)
                      "use; compare it with the one proxy_public printed\"",
                      hostport, fp, cfg.known_hosts);
     }
+    if (s->is_main) {
+        pthread_mutex_lock(&state_lock);
+        if (strcmp(pinned_fp, fp) != 0) {
+            snprintf(pinned_fp, sizeof(pinned_fp), "%s", fp);
+            pthread_cond_broadcast(&state_cond); /* node sessions waiting for it */
+        }
+        pthread_mutex_unlock(&state_lock);
+    }
     *out = ssl;
     return SESSION_RETRY;
 }
 
-static int wait_or_stop(unsigned ms);
+static int wait_or_stop(struct session *s, unsigned ms);
 
-/* One handshake: dial, TLS, HELLO (asking to resume session `resume` when
- * not NULL), WELCOME. On success *out is a tunnel on the new link and *welcome
- * its WELCOME (pkt_clear it); SESSION_WAS_UP. Otherwise the result says
- * whether retrying can help. dial_ms bounds the dial (resumes retry often). */
-static enum session_end handshake(struct tunnel *resume, int dial_ms, struct tunnel **out,
-                                  struct pkt *welcome)
+/* The socket of s's handshake under way (-1: none), which a stop shuts down
+ * so that the handshake ends at once. */
+static void set_hs_fd(struct session *s, int fd)
+{
+    pthread_mutex_lock(&state_lock);
+    s->hs_fd = fd;
+    if (fd >= 0 && (stop_requested || s->stop))
+        shutdown(fd, SHUT_RDWR);
+    pthread_mutex_unlock(&state_lock);
+}
+
+/* One handshake of session s: dial its address, TLS, HELLO (asking to
+ * resume session `resume` when not NULL), WELCOME. On success *out is a
+ * tunnel on the new link and *welcome its WELCOME (pkt_clear it);
+ * SESSION_WAS_UP. Otherwise the result says whether retrying can help.
+ * dial_ms bounds the dial (resumes retry often). */
+static enum session_end handshake(struct session *s, struct tunnel *resume, int dial_ms,
+                                  struct tunnel **out, struct pkt *welcome)
 {
     char err[192] = "", addr[64];
     struct tunnel *t = NULL;
@@ -426,24 +583,29 @@ static enum session_end handshake(struct tunnel *resume, int dial_ms, struct tun
     int fd, r, napps = 0;
 
     *out = NULL;
-    fd = net_dial(cfg.host, cfg.port, dial_ms, err, sizeof(err));
+    if (!s->is_main && dial_ms > NODE_DIAL_MS)
+        dial_ms = NODE_DIAL_MS;
+    fd = net_dial(s->host, s->port, dial_ms, err, sizeof(err));
     /* TLS and WELCOME: one deadline from here. */
     deadline = mono_ms() + HANDSHAKE_TIMEOUT_MS;
     if (fd < 0) {
-        log_warn("ev=dial_failed public=%s err=\"%s\"%s", public_hp, err,
+        log_warn("ev=dial_failed public=%s err=\"%s\"%s", s->hp, err,
                  resume ? " resume=trying" : "");
         return SESSION_RETRY;
     }
+    set_hs_fd(s, fd);
     net_peer_str(fd, addr, sizeof(addr));
     if (!cfg.plaintext) {
-        result = tls_connect(fd, deadline, &ssl);
+        result = tls_connect(s, fd, deadline, &ssl);
         if (!ssl) {
+            set_hs_fd(s, -1);
             close(fd);
             return result;
         }
     }
     t = tunnel_new(fd, ssl, cfg.name, addr, 0);
     if (!t) {
+        set_hs_fd(s, -1);
         SSL_free(ssl);
         close(fd);
         return SESSION_RETRY;
@@ -505,18 +667,23 @@ static enum session_end handshake(struct tunnel *resume, int dial_ms, struct tun
         result = SESSION_FATAL;
         goto fail;
     }
+    set_hs_fd(s, -1);
     *out = t;
     return SESSION_WAS_UP;
 fail:
+    set_hs_fd(s, -1);
     pkt_clear(welcome);
     tunnel_kill(t, "handshake failed");
     tunnel_unref(t);
     return result;
 }
 
-/* WELCOME w set up t: version, window, session; the apps' results logged. */
-static int take_welcome(struct tunnel *t, struct pkt *w)
+/* WELCOME w of a fresh session of s set up t: version, window, session; the
+ * apps' results logged; the node it names remembered (the main session's
+ * tells which node it reaches: no node session goes there). */
+static int take_welcome(struct session *s, struct tunnel *t, struct pkt *w)
 {
+    const char *node = json_string_value(json_object_get(w->json, "node"));
     int version = (int)json_integer_value(json_object_get(w->json, "version"));
     const char *sid = json_string_value(json_object_get(w->json, "session"));
     const char *tok = json_string_value(json_object_get(w->json, "resume_token"));
@@ -561,42 +728,68 @@ static int take_welcome(struct tunnel *t, struct pkt *w)
     else
         tunnel_set_version(t, version, 0);
     log_app_results(json_object_get(w->json, "apps"));
+    pthread_mutex_lock(&state_lock);
+    snprintf(s->reached, sizeof(s->reached), "%s", node ? node : "");
+    if (s->is_main) {
+        main_epoch++;
+        cluster_gen++;
+        pthread_cond_broadcast(&state_cond);
+    }
+    pthread_mutex_unlock(&state_lock);
     return 0;
 }
 
-static void set_current(struct tunnel *t)
+/* A node session must reach the node it is for: a WELCOME naming another
+ * (or none) means the address NODES gave now serves something else; t is
+ * then killed and 0 returned (the session retries after its backoff). */
+static int node_welcome_ok(struct session *s, struct tunnel *t, struct pkt *w)
+{
+    const char *node = json_string_value(json_object_get(w->json, "node"));
+
+    if (s->is_main || (node && strcmp(node, s->node) == 0))
+        return 1;
+    log_warn("ev=node_mismatch node=%s public=%s answered=%s msg=\"the address the node list "
+             "gives for this node is served by %s: not kept, retried later\"",
+             s->node, s->hp, node ? node : "none", node ? "another node" : "no cluster node");
+    tunnel_kill(t, "not the node expected");
+    return 0;
+}
+
+static void set_current(struct session *s, struct tunnel *t)
 {
     pthread_mutex_lock(&state_lock);
-    current = t;
-    if (t && stop_requested)
+    s->live = t;
+    if (t && (stop_requested || s->stop))
         tunnel_kill(t, "shutting down");
     pthread_mutex_unlock(&state_lock);
 }
 
-static int stopping(void)
+/* Whether s is to end: SIGINT/SIGTERM, or (a node session) asked to. */
+static int stopping(struct session *s)
 {
-    int s;
+    int r;
 
     pthread_mutex_lock(&state_lock);
-    s = stop_requested;
+    r = stop_requested || s->stop;
     pthread_mutex_unlock(&state_lock);
-    return s;
+    return r;
 }
 
 /* The link of session t broke: come back with it within its grace period.
  * 1 when resumed on a new link; 0 when the session is over (t killed): then
  * *fresh may hold a new session the public side started instead. */
-static int resume_session(struct tunnel *t, struct tunnel **fresh, enum session_end *result)
+static int resume_session(struct session *s, struct tunnel *t, struct tunnel **fresh,
+                          enum session_end *result)
 {
     uint64_t deadline = tunnel_grace_deadline(t);
     unsigned attempt = 0;
 
     *fresh = NULL;
-    while (!stopping() && !tunnel_is_dead(t) && mono_ms() < deadline) {
+    while (!stopping(s) && !tunnel_is_dead(t) && mono_ms() < deadline) {
         struct tunnel *link = NULL;
         struct pkt w = {0};
         uint64_t left = deadline - mono_ms();
-        enum session_end r = handshake(t, left < RESUME_DIAL_MS ? (int)left : RESUME_DIAL_MS,
+        enum session_end r = handshake(s, t, left < RESUME_DIAL_MS ? (int)left : RESUME_DIAL_MS,
                                        &link, &w);
         if (r == SESSION_FATAL) {
             *result = SESSION_FATAL;
@@ -626,13 +819,17 @@ static int resume_session(struct tunnel *t, struct tunnel **fresh, enum session_
             log_warn("ev=resume_refused name=%s reason=\"the public side no longer has this "
                      "session: its connections are closed, a fresh session starts\"",
                      cfg.name);
-            take_welcome(link, &w);
+            if (node_welcome_ok(s, link, &w)) {
+                take_welcome(s, link, &w);
+                *fresh = link;
+            } else {
+                tunnel_unref(link);
+            }
             pkt_clear(&w);
-            *fresh = link;
             break;
         }
         attempt++;
-        if (wait_or_stop(attempt < 3 ? 200 : 1000))
+        if (wait_or_stop(s, attempt < 3 ? 200 : 1000))
             break;
     }
     if (!tunnel_is_dead(t)) {
@@ -652,36 +849,70 @@ static void session_done(struct tunnel *t)
     tunnel_unref(t);
 }
 
-static enum session_end run_session(void)
+/* A node session was replaced (ERROR replaced): it leaves the node to the
+ * tunnel that took over rather than take it back (which would never end),
+ * and is not started again while the node stays listed and the main session
+ * stays the one it is. */
+static void node_replaced(struct session *s)
 {
-    char err[192] = "", addr[64];
+    int by_main;
+
+    pthread_mutex_lock(&state_lock);
+    by_main = strcmp(main_sess.reached, s->node) == 0;
+    s->given_up = 1;
+    s->epoch = main_epoch;
+    if (!s->stop)
+        snprintf(s->stop_reason, sizeof(s->stop_reason), "%s",
+                 by_main ? "the main session reaches this node"
+                         : "replaced: another tunnel with the same name took this node over");
+    pthread_mutex_unlock(&state_lock);
+    if (!by_main)
+        log_error("ev=replaced name=%s node=%s msg=\"another proxy_private with the same name "
+                  "connected to this node; this one leaves it (give each one its own --name)\"",
+                  cfg.name, s->node);
+}
+
+static enum session_end run_session(struct session *s)
+{
+    char err[192] = "", addr[64], node[PKT_NAME_MAX + 8];
     struct tunnel *t = NULL, *fresh = NULL;
     struct pkt w = {0};
     enum session_end result;
     uint64_t up_since;
 
-    result = handshake(NULL, HANDSHAKE_TIMEOUT_MS, &t, &w);
+    result = handshake(s, NULL, HANDSHAKE_TIMEOUT_MS, &t, &w);
     if (!t)
         return result;
-    take_welcome(t, &w);
+    if (!node_welcome_ok(s, t, &w)) {
+        pkt_clear(&w);
+        tunnel_unref(t);
+        return SESSION_RETRY;
+    }
+    take_welcome(s, t, &w);
     pkt_clear(&w);
     for (;;) {
         /* (A fresh session that a resume attempt got has its WELCOME taken.) */
-        set_current(t);
+        set_current(s, t);
         result = SESSION_WAS_UP;
         if (tunnel_start_heartbeat(t) != 0) {
             log_error("ev=thread_failed what=heartbeat");
             break;
         }
-        log_info("ev=tunnel_up public=%s name=%s apps=%d tls=%s version=%d resume_grace_s=%u",
+        pthread_mutex_lock(&state_lock);
+        if (s->reached[0])
+            snprintf(node, sizeof(node), " node=%s", s->reached);
+        else
+            node[0] = '\0';
+        pthread_mutex_unlock(&state_lock);
+        log_info("ev=tunnel_up public=%s name=%s apps=%d tls=%s version=%d resume_grace_s=%u%s",
                  tunnel_addr(t, addr, sizeof(addr)), cfg.name, apps_count(), tunnel_tls_mode(t),
-                 tunnel_version(t), tunnel_grace_s(t));
+                 tunnel_version(t), tunnel_grace_s(t), node);
         up_since = mono_ms();
-        while (tunnel_run(t, on_public_op, NULL, err, sizeof(err)) == TUNNEL_SUSPENDED &&
-               !stopping()) {
+        while (tunnel_run(t, on_public_op, s, err, sizeof(err)) == TUNNEL_SUSPENDED &&
+               !stopping(s)) {
             log_warn("ev=tunnel_link_down public=%s reason=\"%s\" resume=trying grace_s=%u",
                      tunnel_addr(t, addr, sizeof(addr)), err, tunnel_grace_s(t));
-            if (!resume_session(t, &fresh, &result))
+            if (!resume_session(s, t, &fresh, &result))
                 break;
         }
         log_warn("ev=tunnel_down public=%s reason=\"%s\"", tunnel_addr(t, addr, sizeof(addr)),
@@ -690,25 +921,342 @@ static enum session_end run_session(void)
             strcmp(tunnel_peer_error(t), "token_revoked") == 0) {
             log_error("ev=disconnected_by_admin name=%s code=%s", cfg.name, tunnel_peer_error(t));
         } else if (strcmp(tunnel_peer_error(t), "replaced") == 0) {
-            log_error("ev=replaced name=%s msg=\"another proxy_private with the same name "
-                      "connected to the public side; give each one its own --name\"",
-                      cfg.name);
+            if (s->is_main)
+                log_error("ev=replaced name=%s msg=\"another proxy_private with the same name "
+                          "connected to the public side; give each one its own --name\"",
+                          cfg.name);
+            else
+                node_replaced(s);
             result = SESSION_REPLACED;
         } else if (result != SESSION_FATAL && mono_ms() - up_since < STABLE_AFTER_MS) {
             result = SESSION_RETRY; /* up only briefly: keep backing off */
         }
-        set_current(NULL);
+        set_current(s, NULL);
         session_done(t);
         t = fresh;
         fresh = NULL;
-        if (!t)
+        if (!t || result == SESSION_REPLACED)
             break;
     }
     if (t) {
-        set_current(NULL);
+        set_current(s, NULL);
         session_done(t);
     }
     return result;
+}
+
+/* A node session waits until the main session has verified a certificate:
+ * the one every node must present (not with --fingerprint, which names it,
+ * nor in plaintext). 1 when stopping instead. */
+static int wait_for_pin(struct session *s)
+{
+    int stop, said = 0;
+
+    if (cfg.plaintext || cfg.fingerprint[0])
+        return stopping(s);
+    pthread_mutex_lock(&state_lock);
+    while (!stop_requested && !s->stop && !pinned_fp[0]) {
+        struct timespec ts;
+        if (!said++) {
+            pthread_mutex_unlock(&state_lock);
+            log_info("ev=node_session_waiting node=%s msg=\"waiting for the main session to "
+                     "verify the certificate every node of the cluster must present\"", s->node);
+            pthread_mutex_lock(&state_lock);
+            continue;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_sec += 1;
+        pthread_cond_timedwait(&state_cond, &state_lock, &ts);
+    }
+    stop = stop_requested || s->stop;
+    pthread_mutex_unlock(&state_lock);
+    return stop;
+}
+
+/* Session s until it is over: sessions, each followed by a backoff delay.
+ * The main session returns the exit code (3 when retrying cannot help); a
+ * node session ends when asked to, or when replaced, and backs off the
+ * longest after what would end the main one. */
+static int session_loop(struct session *s)
+{
+    unsigned backoff = BACKOFF_MIN_MS;
+
+    for (;;) {
+        unsigned delay;
+        enum session_end r;
+        if (!s->is_main && wait_for_pin(s))
+            break;
+        r = run_session(s);
+        if (r == SESSION_FATAL) {
+            if (s->is_main)
+                return 3;
+            backoff = BACKOFF_MAX_MS;
+        }
+        if (r == SESSION_REPLACED && !s->is_main)
+            break;
+        if (r == SESSION_WAS_UP)
+            backoff = BACKOFF_MIN_MS;
+        if (r == SESSION_REPLACED)
+            backoff = BACKOFF_MAX_MS;
+        /* Exponential backoff with jitter (up to half the delay) so that many
+         * homes do not reconnect in lockstep after the public side restarts. */
+        delay = backoff + (unsigned)(rand() % (int)(backoff / 2 + 1));
+        if (delay > BACKOFF_MAX_MS)
+            delay = BACKOFF_MAX_MS;
+        if (r == SESSION_WAS_UP)
+            delay = (unsigned)(rand() % 1000); /* it was fine: come back quickly */
+        if (stopping(s))
+            break; /* SIGTERM ended the session: no reconnecting line */
+        if (s->is_main)
+            log_info("ev=reconnecting after_ms=%u", delay);
+        else
+            log_info("ev=reconnecting after_ms=%u node=%s", delay, s->node);
+        if (wait_or_stop(s, delay))
+            break;
+        backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- cluster */
+
+static void *node_main(void *arg)
+{
+    struct session *s = arg;
+    char reason[sizeof(s->stop_reason)];
+
+    session_loop(s);
+    pthread_mutex_lock(&state_lock);
+    snprintf(reason, sizeof(reason), "%s",
+             s->stop_reason[0] ? s->stop_reason : stop_requested ? "shutting down" : "ended");
+    pthread_mutex_unlock(&state_lock);
+    log_info("ev=node_session_stop node=%s reason=\"%s\"", s->node, reason);
+    pthread_mutex_lock(&state_lock);
+    s->ended = 1;
+    cluster_gen++;
+    pthread_cond_broadcast(&state_cond);
+    pthread_mutex_unlock(&state_lock);
+    return NULL;
+}
+
+/* Ask node session s to end: its tunnel killed, its handshake cut short. */
+static void request_stop_locked(struct session *s, const char *reason)
+{
+    if (s->stop || s->ended)
+        return;
+    s->stop = 1;
+    snprintf(s->stop_reason, sizeof(s->stop_reason), "%s", reason);
+    if (s->live)
+        tunnel_kill(s->live, reason);
+    if (s->hs_fd >= 0)
+        shutdown(s->hs_fd, SHUT_RDWR);
+    pthread_cond_broadcast(&state_cond);
+}
+
+static const struct node_addr *listed_find_locked(const char *name)
+{
+    for (int i = 0; i < nlisted; i++)
+        if (strcmp(listed[i].name, name) == 0)
+            return &listed[i];
+    return NULL;
+}
+
+/* Joinable, with its own stack (node sessions run OpenSSL handshakes). */
+static int spawn_joinable(pthread_t *tid, void *(*fn)(void *), void *arg, size_t stack)
+{
+    pthread_attr_t attr;
+    int rc = pthread_attr_init(&attr);
+
+    if (rc != 0)
+        return rc;
+    rc = pthread_attr_setstacksize(&attr, stack < (size_t)PTHREAD_STACK_MIN
+                                              ? (size_t)PTHREAD_STACK_MIN : stack);
+    if (rc == 0)
+        rc = pthread_create(tid, &attr, fn, arg);
+    pthread_attr_destroy(&attr);
+    return rc;
+}
+
+/* One pass of cluster_main, under state_lock (let go of while joining):
+ * join the node sessions that are over, drop them (a replaced one stays
+ * while it would otherwise start again), stop those no longer wanted (not
+ * listed, moved, or reached by the main session), and start one for each
+ * listed node that has none. Log lines go in logs (nlog of them, at most
+ * 2 * PKT_NODES_MAX), written by the caller without the lock. */
+#define CLUSTER_LOG_LINE 400
+static int cluster_pass_locked(char (*logs)[CLUSTER_LOG_LINE])
+{
+    struct session *done[PKT_NODES_MAX];
+    int ndone = 0, nlog = 0;
+
+    for (int i = 0; i < nnodes; i++)
+        if (nodes[i]->ended && !nodes[i]->joined)
+            done[ndone++] = nodes[i];
+    if (ndone) {
+        pthread_mutex_unlock(&state_lock);
+        for (int k = 0; k < ndone; k++)
+            pthread_join(done[k]->tid, NULL);
+        pthread_mutex_lock(&state_lock);
+        for (int k = 0; k < ndone; k++)
+            done[k]->joined = 1;
+    }
+    for (int i = 0; i < nnodes;) {
+        struct session *s = nodes[i];
+        const struct node_addr *n = listed_find_locked(s->node);
+        int keep = s->given_up && s->epoch == main_epoch && n && n->port == s->port &&
+                   strcmp(n->host, s->host) == 0;
+        if (s->joined && !keep) {
+            nodes[i] = nodes[--nnodes];
+            free(s);
+            continue;
+        }
+        if (!s->ended) {
+            if (!n)
+                request_stop_locked(s, "no longer in the node list");
+            else if (n->port != s->port || strcmp(n->host, s->host) != 0)
+                request_stop_locked(s, "the node list gives it another address");
+            else if (strcmp(main_sess.reached, s->node) == 0)
+                request_stop_locked(s, "the main session reaches this node");
+        }
+        i++;
+    }
+    /* Which node the main session reaches must be known first: a session
+     * of ours there would replace it. */
+    for (int i = 0; main_sess.reached[0] && i < nlisted; i++) {
+        const struct node_addr *n = &listed[i];
+        struct session *s;
+        int have = strcmp(n->name, main_sess.reached) == 0, rc;
+        for (int k = 0; k < nnodes && !have; k++)
+            have = strcmp(nodes[k]->node, n->name) == 0;
+        if (have || nnodes >= PKT_NODES_MAX)
+            continue;
+        s = calloc(1, sizeof(*s));
+        if (!s) {
+            snprintf(logs[nlog++], CLUSTER_LOG_LINE, "ev=thread_failed what=node_session "
+                     "node=%.*s err=\"out of memory\"", PKT_NAME_MAX, n->name);
+            break;
+        }
+        s->hs_fd = -1;
+        snprintf(s->node, sizeof(s->node), "%.*s", PKT_NAME_MAX, n->name);
+        snprintf(s->host, sizeof(s->host), "%.*s", PKT_HOST_MAX, n->host);
+        s->port = n->port;
+        net_hostport_str(s->host, s->port, s->hp, sizeof(s->hp));
+        rc = spawn_joinable(&s->tid, node_main, s, NODE_SESSION_STACK);
+        if (rc != 0) {
+            snprintf(logs[nlog++], CLUSTER_LOG_LINE, "ev=thread_failed what=node_session "
+                     "node=%.*s err=\"%s\"", PKT_NAME_MAX, n->name, strerror(rc));
+            free(s);
+            break;
+        }
+        nodes[nnodes++] = s;
+        snprintf(logs[nlog++], CLUSTER_LOG_LINE, "ev=node_session_start node=%s address=%s",
+                 s->node, s->hp);
+    }
+    return nlog;
+}
+
+/* The cluster's node sessions: started on the first NODES, it keeps one
+ * for each listed node until SIGINT/SIGTERM (or the main session's end),
+ * then stops and joins them all. */
+static void *cluster_main(void *arg)
+{
+    char (*logs)[CLUSTER_LOG_LINE] = malloc((size_t)PKT_NODES_MAX * CLUSTER_LOG_LINE);
+    struct session *all[PKT_NODES_MAX];
+    int nall = 0;
+
+    (void)arg;
+    pthread_mutex_lock(&state_lock);
+    while (!stop_requested) {
+        uint64_t seen = cluster_gen;
+        struct timespec ts;
+        int nlog = logs ? cluster_pass_locked(logs) : 0;
+        if (nlog) {
+            /* (What changes meanwhile moves cluster_gen: no wait then.) */
+            pthread_mutex_unlock(&state_lock);
+            for (int i = 0; i < nlog; i++)
+                log_info("%s", logs[i]);
+            pthread_mutex_lock(&state_lock);
+        }
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_sec += 1;
+        while (!stop_requested && cluster_gen == seen &&
+               pthread_cond_timedwait(&state_cond, &state_lock, &ts) == 0)
+            ;
+    }
+    for (int i = 0; i < nnodes; i++) {
+        request_stop_locked(nodes[i], "shutting down");
+        all[nall++] = nodes[i];
+    }
+    nnodes = 0;
+    pthread_mutex_unlock(&state_lock);
+    for (int i = 0; i < nall; i++) {
+        if (!all[i]->joined)
+            pthread_join(all[i]->tid, NULL);
+        free(all[i]);
+    }
+    free(logs);
+    return NULL;
+}
+
+/* NODES (any tunnel of version 7, checked by packet.c): the latest list
+ * wins; cluster_main acts on it. */
+static void cluster_take_nodes(struct pkt *p)
+{
+    json_t *arr = json_object_get(p->json, "nodes"), *n;
+    struct node_addr *got = calloc(PKT_NODES_MAX, sizeof(*got));
+    char names[700];
+    size_t i, len = 0;
+    int ng = 0, changed, rc = 0;
+
+    if (!got) {
+        log_error("ev=nodes_ignored err=\"out of memory\"");
+        return;
+    }
+    json_array_foreach(arr, i, n) {
+        const char *name = json_string_value(json_object_get(n, "name"));
+        const char *addr = json_string_value(json_object_get(n, "address"));
+        int dup = 0;
+        if (ng >= PKT_NODES_MAX || !name || !addr)
+            break;
+        for (int k = 0; k < ng && !dup; k++)
+            dup = strcmp(got[k].name, name) == 0;
+        if (dup || pkt_split_hostport(addr, got[ng].host, sizeof(got[ng].host),
+                                      &got[ng].port) != 0)
+            continue;
+        snprintf(got[ng].name, sizeof(got[ng].name), "%s", name);
+        ng++;
+    }
+    names[0] = '\0';
+    for (int k = 0; k < ng; k++) {
+        int w = snprintf(names + len, sizeof(names) - len, "%s%s", k ? "," : "", got[k].name);
+        if (w < 0 || (size_t)w >= sizeof(names) - len) {
+            snprintf(names + (len < sizeof(names) - 8 ? len : sizeof(names) - 8), 8, ",...");
+            break;
+        }
+        len += (size_t)w;
+    }
+    pthread_mutex_lock(&state_lock);
+    changed = ng != nlisted;
+    for (int k = 0; k < ng && !changed; k++) {
+        const struct node_addr *o = listed_find_locked(got[k].name);
+        changed = !o || o->port != got[k].port || strcmp(o->host, got[k].host) != 0;
+    }
+    if (changed) {
+        memcpy(listed, got, (size_t)ng * sizeof(*got));
+        nlisted = ng;
+        cluster_gen++;
+        pthread_cond_broadcast(&state_cond);
+    }
+    if (!cluster_started && !stop_requested) {
+        rc = spawn_joinable(&cluster_tid, cluster_main, NULL, THREAD_STACK_SIZE);
+        cluster_started = rc == 0;
+    }
+    pthread_mutex_unlock(&state_lock);
+    if (changed)
+        log_info("ev=cluster_nodes nodes=%s", ng ? names : "none");
+    if (rc != 0)
+        log_error("ev=thread_failed what=cluster err=\"%s\"", strerror(rc));
+    free(got);
 }
 
 static int main_argc;
@@ -738,15 +1286,20 @@ static void *signal_main(void *arg)
     log_info("ev=stopping signal=%s", sig == SIGINT ? "SIGINT" : "SIGTERM");
     pthread_mutex_lock(&state_lock);
     stop_requested = 1;
-    if (current)
-        tunnel_kill(current, "shutting down");
+    if (main_sess.live)
+        tunnel_kill(main_sess.live, "shutting down");
+    if (main_sess.hs_fd >= 0)
+        shutdown(main_sess.hs_fd, SHUT_RDWR);
+    for (int i = 0; i < nnodes; i++)
+        request_stop_locked(nodes[i], "shutting down");
+    cluster_gen++;
     pthread_cond_broadcast(&state_cond);
     pthread_mutex_unlock(&state_lock);
     return NULL;
 }
 
-/* Sleep up to ms unless a stop is requested; returns 1 when stopping. */
-static int wait_or_stop(unsigned ms)
+/* Sleep up to ms unless s is to stop (stopping()); returns 1 when it is. */
+static int wait_or_stop(struct session *s, unsigned ms)
 {
     struct timespec ts;
     int stop;
@@ -759,9 +1312,10 @@ static int wait_or_stop(unsigned ms)
         ts.tv_nsec -= 1000000000L;
     }
     pthread_mutex_lock(&state_lock);
-    while (!stop_requested && pthread_cond_timedwait(&state_cond, &state_lock, &ts) == 0)
+    while (!stop_requested && !s->stop &&
+           pthread_cond_timedwait(&state_cond, &state_lock, &ts) == 0)
         ;
-    stop = stop_requested;
+    stop = stop_requested || s->stop;
     pthread_mutex_unlock(&state_lock);
     return stop;
 }
@@ -769,8 +1323,7 @@ static int wait_or_stop(unsigned ms)
 int main(int argc, char **argv)
 {
     pthread_condattr_t ca;
-    unsigned backoff = BACKOFF_MIN_MS;
-    int exit_code = 0, stopping_now;
+    int exit_code = 0, cluster_was;
 
     tunnel_global_init();
     {
@@ -823,47 +1376,29 @@ int main(int argc, char **argv)
             return 1;
         }
     }
+    snprintf(main_sess.host, sizeof(main_sess.host), "%s", cfg.host);
+    main_sess.port = cfg.port;
+    net_hostport_str(cfg.host, cfg.port, main_sess.hp, sizeof(main_sess.hp));
     if (thread_spawn(signal_main, NULL) != 0) {
         fprintf(stderr, "proxy_private: cannot start the signal thread\n");
         return 1;
     }
-    net_hostport_str(cfg.host, cfg.port, public_hp, sizeof(public_hp));
-    log_info("ev=start version=%s public=%s name=%s apps=%d", PROXY_VERSION, public_hp,
+    log_info("ev=start version=%s public=%s name=%s apps=%d", PROXY_VERSION, main_sess.hp,
              cfg.name, cfg.napps);
     /* Ready as soon as it runs: the tunnel comes and goes by itself. */
     sd_notify_state("READY=1");
-    for (;;) {
-        unsigned delay;
-        enum session_end r = run_session();
-        if (r == SESSION_FATAL) {
-            exit_code = 3;
-            break;
-        }
-        if (r == SESSION_WAS_UP)
-            backoff = BACKOFF_MIN_MS;
-        if (r == SESSION_REPLACED)
-            backoff = BACKOFF_MAX_MS;
-        /* Exponential backoff with jitter (up to half the delay) so that many
-         * homes do not reconnect in lockstep after the public side restarts. */
-        delay = backoff + (unsigned)(rand() % (int)(backoff / 2 + 1));
-        if (delay > BACKOFF_MAX_MS)
-            delay = BACKOFF_MAX_MS;
-        if (r == SESSION_WAS_UP)
-            delay = (unsigned)(rand() % 1000); /* it was fine: come back quickly */
-        pthread_mutex_lock(&state_lock);
-        stopping_now = stop_requested;
-        pthread_mutex_unlock(&state_lock);
-        if (stopping_now)
-            break; /* SIGTERM ended the session: no reconnecting line */
-        log_info("ev=reconnecting after_ms=%u", delay);
-        if (wait_or_stop(delay))
-            break;
-        backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
-    }
+    exit_code = session_loop(&main_sess);
+    /* Its end ends the node sessions too (cluster_main joins them). */
     pthread_mutex_lock(&state_lock);
     if (!stop_requested)
         exit_code = exit_code ? exit_code : 1;
+    stop_requested = 1;
+    cluster_gen++;
+    pthread_cond_broadcast(&state_cond);
+    cluster_was = cluster_started;
     pthread_mutex_unlock(&state_lock);
+    if (cluster_was)
+        pthread_join(cluster_tid, NULL);
     SSL_CTX_free(cfg.tls);
     allow_free(&cfg.allow);
     private_allow_release();
