@@ -26,6 +26,14 @@
     scopePrivates: $('scope-privates'),
     scopePorts: $('scope-ports'),
     scopeLimits: $('scope-limits'),
+    nodesSection: $('nodes-section'),
+    nodesBody: document.querySelector('#nodes tbody'),
+    nodesEmpty: $('nodes-empty'),
+    clusterStore: $('cluster-store'),
+    clusterStoreState: $('cluster-store-state'),
+    clusterStoreUrl: $('cluster-store-url'),
+    privatesNodesHead: document.querySelector('#privates th.col-nodes'),
+    appsClusterHint: $('apps-cluster-hint'),
     privatesBody: document.querySelector('#privates tbody'),
     privatesEmpty: $('privates-empty'),
     privatesError: $('privates-error'),
@@ -450,11 +458,22 @@
       datagrams_in: num(a.datagrams_in),
       datagrams_out: num(a.datagrams_out),
       drops: a.drops && typeof a.drops === 'object' ? a.drops : null,
+      // In a cluster: the app's counters summed over every live node (the ones above are
+      // this node's).
+      cluster: a.cluster && typeof a.cluster === 'object' ? {
+        active_connections: num(a.cluster.active_connections),
+        total_connections: num(a.cluster.total_connections),
+        bytes_in: num(a.cluster.bytes_in),
+        bytes_out: num(a.cluster.bytes_out),
+      } : null,
     }));
+    // Only a node of a cluster (--cluster) sends "cluster"; without it the page is as ever.
+    const cluster = data.cluster && typeof data.cluster === 'object' ? data.cluster : null;
     pollCount++;
     updateRates(apps, now);
-    renderPrivates(privates);
-    renderApps(apps);
+    renderCluster(cluster);
+    renderPrivates(privates, cluster);
+    renderApps(apps, cluster !== null);
     renderPrivateSelect(privates);
     drawChart();
     const at = new Date();
@@ -546,9 +565,19 @@
     setBadge(badge, online ? 'online' : 'offline', online ? 'online' : 'offline');
   }
 
+  // A cell's own value: its first text node, so that a line under it (a <small>) stays.
+  function setLead(td, text) {
+    const first = td.firstChild;
+    if (first && first.nodeType === Node.TEXT_NODE) {
+      if (first.nodeValue !== text) first.nodeValue = text;
+    } else {
+      td.insertBefore(document.createTextNode(text), first);
+    }
+  }
+
   // A byte counter: short text, the exact number in its title and data-value.
   function setBytes(td, n) {
-    setText(td, formatBytes(n));
+    setLead(td, formatBytes(n));
     setAttr(td, 'data-value', String(n));
     setAttr(td, 'title', formatCount(n) + ' bytes');
   }
@@ -585,6 +614,60 @@
   // Whether a node is shown (not hidden, nor inside something hidden).
   function shown(node) {
     return node.isConnected && node.getClientRects().length > 0;
+  }
+
+  // ---------------------------------------------------------------- cluster nodes
+
+  const nodeRows = new Map();
+
+  const STORE_DOWN = 'Cluster store: down — registrations are refused until it returns; ' +
+    'running apps keep working.';
+
+  // The Nodes part: shown only when /list has "cluster" (proxy_public --cluster).
+  function renderCluster(cluster) {
+    el.nodesSection.hidden = cluster === null;
+    if (cluster === null) return;
+    const up = cluster.store === 'up';
+    setText(el.clusterStoreState, up ? 'Cluster store: up' : STORE_DOWN);
+    setText(el.clusterStoreUrl, typeof cluster.url === 'string' && cluster.url ? '(' + cluster.url + ')' : '');
+    setAttr(el.clusterStore, 'class', up ? 'store store-up' : 'store store-down');
+    setAttr(el.clusterStore, 'data-store', up ? 'up' : 'down');
+    const self = typeof cluster.node === 'string' ? cluster.node : '';
+    const items = (Array.isArray(cluster.nodes) ? cluster.nodes : [])
+      .filter((n) => n && typeof n === 'object')
+      .map((n) => ({
+        name: String(n.name),
+        address: n.address === undefined || n.address === null ? '' : String(n.address),
+        since: n.up_since ? String(n.up_since) : null,
+        tunnels: num(n.tunnels),
+        connections: num(n.connections),
+        self: n.self === true || (n.self === undefined && String(n.name) === self),
+      }));
+    syncRows(el.nodesBody, nodeRows, items, (n) => {
+      const row = headedRow(n.name);
+      row.label = document.createElement('span');
+      row.selfBadge = document.createElement('span');
+      row.selfBadge.className = 'badge badge-self';
+      row.selfBadge.textContent = 'self';
+      row.selfBadge.title = 'the node this page comes from';
+      row.name.append(row.label, ' ', row.selfBadge);
+      row.address = cell(row.tr, 'Address', 'mono');
+      row.since = timeCell(cell(row.tr, 'Up since'));
+      row.tunnels = cell(row.tr, 'Tunnels', 'num');
+      row.connections = cell(row.tr, 'Connections', 'num');
+      return row;
+    }, (row, n) => {
+      setText(row.label, n.name);
+      if (row.selfBadge.hidden !== !n.self) row.selfBadge.hidden = !n.self;
+      setAttr(row.tr, 'data-self', n.self ? 'true' : 'false');
+      setText(row.address, n.address || '–');
+      if (!setTime(row.since, n.since, sinceAgo)) setText(row.since.time, 'unknown');
+      setText(row.tunnels, formatCount(n.tunnels));
+      setAttr(row.tunnels, 'title', 'private proxies with a tunnel to ' + n.name);
+      setText(row.connections, formatCount(n.connections));
+      setAttr(row.connections, 'title', 'client connections ' + n.name + ' relays now');
+    });
+    el.nodesEmpty.hidden = items.length !== 0;
   }
 
   // ---------------------------------------------------------------- private proxies
@@ -625,8 +708,14 @@
     return tokenLabels.get(id) || id;
   }
 
-  function renderPrivates(privates) {
+  function renderPrivates(privates, cluster) {
+    const inCluster = cluster !== null;
+    const liveNodes = inCluster && Array.isArray(cluster.nodes)
+      ? cluster.nodes.map((n) => String(n && n.name)).sort() : [];
+    el.privatesNodesHead.hidden = !inCluster;
     const items = privates.map((p) => ({
+      // In a cluster: the nodes it has a tunnel to.
+      nodes: Array.isArray(p.nodes) ? p.nodes.map(String).sort() : [],
       name: String(p.name),
       online: p.online === true,
       address: p.address ? String(p.address) : '',
@@ -647,6 +736,11 @@
       row.since = timeCell(cell(row.tr, 'Connected since'));
       row.resumes = cell(row.tr, 'Resumes');
       row.token = cell(row.tr, 'Token');
+      row.nodes = cell(row.tr, 'Nodes', 'col-nodes has-line');
+      row.nodesOn = document.createElement('span');
+      row.nodesMissing = document.createElement('small');
+      row.nodesMissing.className = 'nodes-missing';
+      row.nodes.append(row.nodesOn, row.nodesMissing);
       row.actions = cell(row.tr, 'Actions', 'actions');
       Object.assign(row, kickControls(p.name));
       row.letIn = button('Let in now', 'secondary small', 'Let ' + p.name + ' in now',
@@ -671,6 +765,13 @@
       }
       setText(row.token, p.token ? tokenLabel(p.token) : p.online ? 'admin' : '–');
       setAttr(row.token, 'title', p.token ? 'token id ' + p.token : '');
+      if (row.nodes.hidden !== !inCluster) row.nodes.hidden = !inCluster;
+      const missing = inCluster ? liveNodes.filter((n) => !p.nodes.includes(n)) : [];
+      setText(row.nodesOn, inCluster ? (p.nodes.length ? p.nodes.join(', ') : 'none') : '');
+      setAttr(row.nodesOn, 'title', inCluster ? 'it has a tunnel to ' +
+        (p.nodes.length ? p.nodes.join(', ') : 'no node') : '');
+      setText(row.nodesMissing, missing.length ? 'not to ' + missing.join(', ') : '');
+      if (row.nodesMissing.hidden !== (missing.length === 0)) row.nodesMissing.hidden = missing.length === 0;
       row.group.hidden = !p.online;
       row.letIn.hidden = p.refusedFor === 0;
     });
@@ -704,7 +805,7 @@
 
   const appRows = new Map();
 
-  function renderApps(apps) {
+  function renderApps(apps, inCluster) {
     syncRows(el.appsBody, appRows, apps, (a) => {
       const row = headedRow(a.name);
       const tr = row.tr;
@@ -767,7 +868,7 @@
       if (row.why.hidden !== !a.home_refuses) row.why.hidden = !a.home_refuses;
       setText(row.toggle, a.disabled ? 'Enable' : 'Disable');
       setAttr(row.toggle, 'aria-label', (a.disabled ? 'Enable ' : 'Disable ') + a.name);
-      setText(row.active, formatCount(a.active_connections) +
+      setLead(row.active, formatCount(a.active_connections) +
         (a.ftp ? ' / ' + formatCount(a.active_data) : ''));
       setAttr(row.active, 'data-value', String(a.active_connections));
       setTotal(row, a.ftp ? formatCount(a.total_connections) + ' / ' + formatCount(a.total_data)
@@ -783,17 +884,54 @@
       setAttr(row.rateIn, 'data-value', rin === null ? '' : String(Math.round(rin)));
       setText(row.rateOut, formatRate(rout));
       setAttr(row.rateOut, 'data-value', rout === null ? '' : String(Math.round(rout)));
+      setClusterLines(row, a, inCluster);
     });
     el.appsEmpty.hidden = apps.length !== 0;
+    el.appsClusterHint.hidden = !inCluster;
   }
 
   // The Total cell: its count as the first text node (the datagram line stays beside it).
   function setTotal(row, text) {
-    const first = row.total.firstChild;
-    if (first && first.nodeType === Node.TEXT_NODE) {
-      if (first.nodeValue !== text) first.nodeValue = text;
-    } else {
-      row.total.insertBefore(document.createTextNode(text), first);
+    setLead(row.total, text);
+  }
+
+  // In a cluster, a line "all nodes: …" under a counter of this node; made on first use,
+  // hidden and emptied (so the cell reads as before) when there is no cluster.
+  function setClusterLine(row, key, td, text, title) {
+    let small = row[key];
+    if (text === null) {
+      if (small) {
+        setText(small, '');
+        if (!small.hidden) small.hidden = true;
+      }
+      return;
+    }
+    if (!small) {
+      small = document.createElement('small');
+      small.className = 'cluster-sum';
+      td.appendChild(small);
+      td.classList.add('has-line');
+      row[key] = small;
+    }
+    setText(small, 'all\u00a0nodes: ' + text);
+    setAttr(small, 'title', title);
+    if (small.hidden) small.hidden = false;
+  }
+
+  function setClusterLines(row, a, inCluster) {
+    const c = inCluster ? a.cluster : null;
+    const what = a.udp ? 'UDP sessions' : a.ftp ? 'FTP control connections' : 'connections';
+    setClusterLine(row, 'clActive', row.active, c ? formatCount(c.active_connections) : null,
+      what + ' open now on every live node together');
+    setClusterLine(row, 'clTotal', row.total, c ? formatCount(c.total_connections) : null,
+      what + ' since start, every live node together');
+    setClusterLine(row, 'clBytesIn', row.bytesIn, c ? formatBytes(c.bytes_in) : null,
+      c ? formatCount(c.bytes_in) + ' bytes client → app, every live node together' : '');
+    setClusterLine(row, 'clBytesOut', row.bytesOut, c ? formatBytes(c.bytes_out) : null,
+      c ? formatCount(c.bytes_out) + ' bytes app → client, every live node together' : '');
+    for (const [key, v] of [['clActive', c && c.active_connections], ['clTotal', c && c.total_connections],
+      ['clBytesIn', c && c.bytes_in], ['clBytesOut', c && c.bytes_out]]) {
+      if (row[key]) setAttr(row[key], 'data-value', c ? String(v) : '');
     }
   }
 

@@ -577,6 +577,75 @@ const steps = [
       (await page.locator('#connections tbody tr').count()) === 0);
   }],
 
+  ['a cluster answer (put in by the test): Nodes, the store up and down, each private\'s nodes, each app\'s sum; names are text; without it the page is as before', async () => {
+    const section = page.locator('#nodes-section');
+    const nodesHead = page.locator('#privates th.col-nodes');
+    const sums = page.locator('#apps small.cluster-sum');
+    const asBefore = async () => (await section.isHidden()) && (await nodesHead.isHidden()) &&
+      (await page.locator('#privates td.col-nodes:visible').count()) === 0 &&
+      (await sums.locator('visible=true').count()) === 0 && (await page.locator('#apps-cluster-hint').isHidden());
+    check(await asBefore(), 'without "cluster" in /list the page shows cluster parts');
+    const activeBefore = (await appRow().locator('td.col-active').textContent()).trim();
+    // What a node of a cluster adds to /list (docs/API.md), around the real answer.
+    const HOSTILE = '<img src=x onerror="window.__pwned=1">';
+    let store = 'up';
+    const up = new Date(Date.now() - 90000).toISOString().replace(/\.[0-9]+Z$/, 'Z');
+    await page.route('**/list', async (route) => {
+      if (route.request().method() !== 'GET') return route.continue();
+      const res = await route.fetch();
+      const j = await res.json();
+      j.cluster = { store, url: 'redis://127.0.0.1:6379/0', node: 'n1', nodes: [
+        { name: 'n1', address: '127.0.0.11:6300', up_since: up, tunnels: 2, connections: 3, self: true },
+        { name: 'n2', address: '127.0.0.12:6300', up_since: up, tunnels: 1, connections: 40, self: false },
+        { name: HOSTILE, address: '[2001:db8::3]:6300', up_since: up, tunnels: 0, connections: 0, self: false }] };
+      for (const p of j.privates || []) p.nodes = p.name === 'home' ? ['n1', 'n2'] : ['n1'];
+      for (const a of j.apps || []) {
+        a.cluster = { active_connections: 1000, total_connections: 2000, bytes_in: 3 * 1048576, bytes_out: 4096 };
+      }
+      return route.fulfill({ response: res, json: j });
+    });
+    try {
+      await waitFor('the Nodes part with three nodes', async () => (await section.isVisible()) &&
+        (await page.locator('#nodes tbody tr').count()) === 3);
+      const storeLine = page.locator('#cluster-store');
+      check((await page.locator('#cluster-store-state').textContent()) === 'Cluster store: up' &&
+        (await storeLine.getAttribute('data-store')) === 'up', 'the store is not shown up');
+      check((await page.locator('#cluster-store-url').textContent()) === '(redis://127.0.0.1:6379/0)', 'the store\'s URL is not shown');
+      const n1 = page.locator('#nodes tbody tr[data-name="n1"]');
+      check(await n1.locator('.badge-self').isVisible(), 'n1 is not marked self');
+      check(await page.locator('#nodes tbody tr[data-name="n2"] .badge-self').isHidden(), 'n2 is marked self');
+      check((await n1.locator('td[data-label="Address"]').textContent()) === '127.0.0.11:6300', 'n1\'s address is not shown');
+      check((await page.locator('#nodes tbody tr[data-name="n2"] td[data-label="Connections"]').textContent()) === '40', 'n2\'s connections are not shown');
+      check(/\(1 min ago\)|\(90 s ago\)|\(9[0-9] s ago\)/.test(await n1.locator('td[data-label="Up since"]').textContent()) ||
+        /ago/.test(await n1.locator('td[data-label="Up since"]').textContent()), 'n1\'s up since is not shown');
+      const hostileRow = page.locator('#nodes tbody tr').filter({ hasText: 'onerror' });
+      check((await hostileRow.getByRole('rowheader').textContent()).startsWith(HOSTILE), 'a node\'s name is not shown as text');
+      check((await page.locator('#dashboard img').count()) === 0 && !(await page.evaluate(() => window.__pwned)),
+        'a node\'s name became markup');
+      await nodesHead.waitFor({ state: 'visible' });
+      const home = page.locator('#privates tbody tr[data-name="home"] td.col-nodes');
+      check(/^n1, n2/.test(await home.textContent()), 'home\'s nodes are not shown (' + await home.textContent() + ')');
+      check((await home.locator('small.nodes-missing').textContent()) === 'not to ' + HOSTILE, 'the node home has no tunnel to is not named');
+      const sum = appRow().locator('td.col-active small.cluster-sum');
+      await waitFor('the app\'s sum over the nodes', async () => (await sum.isVisible()) && (await sum.getAttribute('data-value')) === '1000');
+      check((await sum.textContent()) === 'all\u00a0nodes: 1,000', 'the sum reads "' + await sum.textContent() + '"');
+      check((await appRow().locator('td.col-bytes-in small.cluster-sum').textContent()) === 'all\u00a0nodes: 3.0 MiB', 'the bytes over the nodes are not shown');
+      check((await appRow().locator('td.col-active').evaluate((td) => td.firstChild.nodeValue)) === activeBefore,
+        'this node\'s own count is no longer the cell\'s first line');
+      check(await page.locator('#apps-cluster-hint').isVisible(), 'the apps\' hint on the sums is missing');
+      store = 'down';
+      await waitFor('the store shown down, in red words', async () => (await storeLine.getAttribute('data-store')) === 'down' &&
+        /^Cluster store: down — registrations are refused until it returns; running apps keep working/.test(await page.locator('#cluster-store-state').textContent()) &&
+        /store-down/.test(await storeLine.getAttribute('class')));
+      await page.screenshot({ path: path.join(OUT_DIR, 'cluster.png'), fullPage: true });
+    } finally {
+      await page.unroute('**/list');
+    }
+    await waitFor('the page as before once /list has no "cluster"', asBefore);
+    check((await appRow().locator('td.col-active').textContent()).trim() === activeBefore ||
+      /^[0-9]+$/.test((await appRow().locator('td.col-active').textContent()).trim()), 'the Active cell does not read as before');
+  }],
+
   ['Disable from the page: the app shows "disabled" and its port refuses; Enable: it accepts again', async () => {
     const port = sent.publicPort;
     const state = appRow().locator('td[data-label="State"] .badge');
