@@ -31,6 +31,13 @@ CONN_BYTES = {"release": 32768, "asan": 16384, "tsan": 8192}[harness.MODE]
 STORE_DOWN_MSG = "the cluster store (Redis) is unreachable"
 
 
+def note(test, text):
+    """A line for TEST_OUT/notes.txt (timings: unittest's own output stays
+    one line a test)."""
+    with open(os.path.join(test.out_dir, "notes.txt"), "a") as f:
+        f.write(text + "\n")
+
+
 class InfraTest(ProxyTest):
     """The pieces the cluster tests stand on, without the cluster code."""
 
@@ -78,7 +85,7 @@ class InfraTest(ProxyTest):
         self.assertEqual(cl.info(replica.port, "replication")["role"], "master")
         self.assertEqual(replica.cmd("HGET", "natproxy:apps", "x"), "{}")
         self.assertEqual(replica.cmd("HSET", "natproxy:apps", "y", "{}"), 1)
-        print("promotion took %.1f s" % took)
+        note(self, "promotion took %.1f s" % took)
 
     def test_haproxy_forwards_to_plain_echo_servers(self):
         """docs/haproxy-cluster.cfg with plain TCP listeners on the three
@@ -467,7 +474,7 @@ class ClusterTest(ProxyTest):
             cl.echo_check(FRONT, port, CONN_BYTES)
         self.assertGreater(self.app_of(n2, "web")["total_connections"], 0,
                            "HAProxy sent nothing to the restarted n2")
-        print("n2's entry gone %.1f s after kill -9" % gone_after)
+        note(self, "natproxy:node:n2 gone %.1f s after kill -9" % gone_after)
 
     def test_redis_stopped_for_10s(self):
         """Redis stopped for 10 s: relaying goes on (open and new
