@@ -527,6 +527,7 @@ class ClusterTest(ProxyTest):
         self.assertEqual(harness.recv_exact(held, 7), b"before\n")
 
         marks = {n.name: n.mark() for n in self.nodes}
+        pmark = len(self.priv.output())
         t_stop = time.monotonic()
         self.redis.stop()
         for n in self.nodes:
@@ -565,6 +566,16 @@ class ClusterTest(ProxyTest):
                        "%s's /list saying the store is up" % n.name)
         self.register(n2, "after", self.app_lo + 3)
         self.wait_app_online("after")
+        # The nodes' entries expired during the outage; until each node has
+        # written its own again, one that reads the node list would find
+        # itself alone. Past a few refreshes: the private must not have
+        # been told to drop a node (that would cut its connections).
+        time.sleep(3 * SLOW)
+        dropped = [line for line in self.private_log_since(pmark).splitlines()
+                   if "ev=node_session_stop" in line or "ev=tunnel_down" in line]
+        self.assertEqual(dropped, [], "the private dropped tunnels across the store's outage "
+                         "(a NODES list without the other nodes, read before they had "
+                         "refreshed their entries?)")
         for n in self.nodes:
             names = {a["name"]: a["public_port"] for a in n.list()["apps"]}
             for a, p in before.items():
