@@ -81,7 +81,9 @@ esac
 case "$JOBS" in ''|*[!0-9]*|0) JOBS=1 ;; esac
 
 # The longest files start first, so that the lanes end together.
-LONG_FIRST="test_hostile_peer test_faults test_preauth test_web_front test_udp test_resume"
+# test_cluster runs real redis-server, redis-sentinel and haproxy (tools/deps.sh
+# test); without them its tests skip, saying "SKIPPED: ..." and why.
+LONG_FIRST="test_hostile_peer test_faults test_cluster test_preauth test_web_front test_udp test_resume"
 ORDERED=""
 for l in $LONG_FIRST; do
     case " $FILES " in *" tests/$l.py "*) ORDERED="$ORDERED tests/$l.py" ;; esac
