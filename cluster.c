@@ -39,7 +39,7 @@
 #define BEAT_MS 1000            /* this node's entry, refreshed */
 #define NODE_TTL_MS 5000        /* and gone this long after its last refresh */
 #define WAIT_MS 1000            /* for a replica to confirm a write */
-#define NODE_ENTRY_MAX 65536    /* bytes of one node entry */
+#define NODE_ENTRY_MAX (512 * 1024) /* bytes of one node entry (a line per app) */
 #define APP_ENTRY_MAX 16384     /* bytes of one app entry */
 #define APPS_MAX 4096           /* entries of natproxy:apps read at most */
 #define SCAN_ROUNDS_MAX 256
@@ -107,6 +107,7 @@ static struct {
     redisContext *cmd;
     uint64_t next_try_ms;
     unsigned gen;               /* bumped at each new command connection */
+    uint64_t up_at_ms;          /* when it was made */
     int replicas;               /* the primary's replicas, at the last ROLE */
     int up;                     /* the store answered the last call */
     char why[ERRLEN];              /* why it is down */
@@ -426,6 +427,7 @@ static redisContext *cmd_locked(void)
     }
     cl.replicas = replicas;
     cl.gen++;
+    cl.up_at_ms = mono_ms();
     cl.up = 1;
     cl.store_up = 1;
     cl.why[0] = '\0';
@@ -792,14 +794,34 @@ static void send_nodes(struct tunnel *t, void *arg)
 }
 
 /* The nodes read: a new view; when the names or addresses changed, logged
- * and sent to every tunnel. Takes entries (an array). */
-static void new_view(json_t *entries)
+ * and sent to every tunnel. Takes entries (an array). Just after the store
+ * came back (fresh), the others may not have rewritten their entries yet
+ * (expired while it was away): the nodes of the last view stay in it until
+ * they have had the time to. */
+static void new_view(json_t *entries, int fresh)
 {
     char sig[sizeof(cl.view_sig)];
     size_t n = json_array_size(entries), off = 0, i;
     json_t **sorted = calloc(n ? n : 1, sizeof(*sorted)), *view = json_array(), *old, *v;
     int changed;
 
+    if (fresh) {
+        pthread_mutex_lock(&cl.view_lock);
+        json_array_foreach(cl.view, i, v) {
+            size_t j;
+            json_t *w;
+            int seen = 0;
+            json_array_foreach(entries, j, w)
+                seen |= strcmp(json_string_value(json_object_get(v, "name")),
+                               json_string_value(json_object_get(w, "name"))) == 0;
+            if (!seen)
+                json_array_append(entries, v);
+        }
+        pthread_mutex_unlock(&cl.view_lock);
+        n = json_array_size(entries);
+        free(sorted);
+        sorted = calloc(n ? n : 1, sizeof(*sorted));
+    }
     if (!sorted || !view) {
         free(sorted);
         json_decref(view);
@@ -922,6 +944,7 @@ static void beat(void)
     char *entry = own_entry(), why[ERRLEN], key[sizeof(KEY_NODE) + PKT_NAME_MAX];
     json_t *nodes = NULL;
     redisReply *r;
+    int fresh = 0;
 
     snprintf(key, sizeof(key), KEY_NODE "%s", cl.node);
     pthread_mutex_lock(&cl.lock);
@@ -958,11 +981,12 @@ static void beat(void)
         goto out;
     freeReplyObject(r);
     nodes = read_nodes_locked();
+    fresh = mono_ms() - cl.up_at_ms < NODE_TTL_MS + 2 * BEAT_MS;
 out:
     pthread_mutex_unlock(&cl.lock);
     free(entry);
     if (nodes)
-        new_view(nodes);
+        new_view(nodes, fresh);
 }
 
 /* Read every app (HGETALL, bounded) and make the local ones the same;
