@@ -76,13 +76,15 @@ FUZZ_SECONDS ?= 60
 FUZZ_SMOKE_SECONDS ?= 10
 FUZZ_FLAGS := -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
               -fno-omit-frame-pointer
-FUZZ_HARNESSES := fuzz_packet fuzz_api_body fuzz_web_head fuzz_config fuzz_ftp fuzz_proxy_header
+FUZZ_HARNESSES := fuzz_packet fuzz_api_body fuzz_web_head fuzz_config fuzz_ftp fuzz_proxy_header \
+                  fuzz_cluster
 FUZZ_BINS := $(addprefix build/fuzz/,$(FUZZ_HARNESSES))
 FUZZ_LIB_SRC := $(sort $(COMMON_SRC) registry.c tokens.c state.c web_head.c)
 
 $(FUZZ_BINS): build/fuzz/%: fuzz/%.c fuzz/guard.h $(FUZZ_LIB_SRC) $(HEADERS)
 	@mkdir -p build/fuzz
-	$(FUZZ_CC) $(WARN) $(FUZZ_FLAGS) $(CPPFLAGS) -o $@ $< $(FUZZ_LIB_SRC) $(LIBS)
+	$(FUZZ_CC) $(WARN) $(FUZZ_FLAGS) $(CPPFLAGS) -o $@ $< $(FUZZ_LIB_SRC) \
+		$(if $(findstring cluster,$@),cluster.c -lhiredis) $(LIBS)
 
 fuzz: $(FUZZ_BINS)
 	sh fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_HARNESSES)

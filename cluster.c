@@ -23,6 +23,7 @@
 #include <openssl/rand.h>
 
 #include "cluster.h"
+#include "json_depth.h"
 #include "log.h"
 #include "netio.h"
 #include "registry.h"
@@ -41,6 +42,7 @@
 #define WAIT_MS 1000            /* for a replica to confirm a write */
 #define NODE_ENTRY_MAX (512 * 1024) /* bytes of one node entry (a line per app) */
 #define APP_ENTRY_MAX 16384     /* bytes of one app entry */
+#define JSON_DEPTH_MAX 8        /* entries are 3 levels deep */
 #define APPS_MAX 4096           /* entries of natproxy:apps read at most */
 #define SCAN_ROUNDS_MAX 256
 #define ERRLEN 640
@@ -684,7 +686,7 @@ json_t *cluster_parse_node(const char *text, size_t len)
     int port;
     size_t i;
 
-    if (!text || len > NODE_ENTRY_MAX)
+    if (!text || len > NODE_ENTRY_MAX || !json_depth_ok(text, len, JSON_DEPTH_MAX))
         return NULL;
     j = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!j || !json_is_object(j))
@@ -1043,6 +1045,7 @@ static void resync(void)
         json_error_t jerr;
         if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING ||
             !pkt_valid_name(k->str) || v->len > APP_ENTRY_MAX ||
+            !json_depth_ok(v->str, v->len, JSON_DEPTH_MAX) ||
             !(e = json_loadb(v->str, v->len, JSON_REJECT_DUPLICATES, &jerr)) ||
             !json_is_object(e)) {
             log_error("ev=cluster_entry_skipped app=%.*s err=\"unreadable entry\"", PKT_NAME_MAX,

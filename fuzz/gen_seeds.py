@@ -236,6 +236,23 @@ FTP_SEEDS = {
     "auth": b"\x03AUTH TLS\r\n\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
 }
 
+# fuzz_cluster: first byte even, a node entry as Redis holds it; odd, a
+# --cluster URL.
+_NODE = {"name": "n1", "address": "127.0.0.11:6300", "fingerprint": "AB:CD", "instance": "00ff",
+         "up_since": 1700000000, "tunnels": 1, "connections": 2, "privates": ["home"],
+         "apps": {"web": [1, 5, 100, 2000]}}
+CLUSTER_SEEDS = {
+    "node": b"\x00" + json.dumps(_NODE).encode(),
+    "node_v6": b"\x00" + json.dumps(dict(_NODE, address="[2001:db8::1]:6300")).encode(),
+    "node_bad_app": b"\x00" + json.dumps(dict(_NODE, apps={"web": [1, 2, 3]})).encode(),
+    "node_deep": b"\x00" + b"[" * 3000 + b"]" * 3000,
+    "url_redis": b"\x01redis://127.0.0.1:6379/0",
+    "url_auth": b"\x01redis://natproxy:s3cretpassword@[::1]:6379/2",
+    "url_sentinel": b"\x01sentinel://:pw@127.0.0.1:26379,127.0.0.2:26379/mymaster/1",
+    "url_bad": b"\x01redis://host",
+}
+
+
 def write(dirname, items):
     d = os.path.join(HERE, "corpus", dirname)
     os.makedirs(d, exist_ok=True)
@@ -260,6 +277,7 @@ def main():
     write("fuzz_api_body", body)
     write("fuzz_web_head", HEAD_SEEDS)
     write("fuzz_ftp", FTP_SEEDS)
+    write("fuzz_cluster", CLUSTER_SEEDS)
 
 
 if __name__ == "__main__":
