@@ -638,19 +638,24 @@ static int store_update(const struct app_spec *s, char *err, size_t errlen)
     return rc;
 }
 
-static void publish(const char *msg)
+static void publish_locked(const char *msg)
 {
     char why[ERRLEN];
     redisReply *r;
 
-    pthread_mutex_lock(&cl.lock);
     r = cmd_call_locked(REDIS_REPLY_INTEGER, why, sizeof(why), "PUBLISH %s %s", CHANNEL, msg);
-    pthread_mutex_unlock(&cl.lock);
     if (r)
         freeReplyObject(r);
     else
         log_warn("ev=cluster_publish_failed err=\"%s\" msg=\"the other nodes see the change at "
                  "their next full read\"", why);
+}
+
+static void publish(const char *msg)
+{
+    pthread_mutex_lock(&cl.lock);
+    publish_locked(msg);
+    pthread_mutex_unlock(&cl.lock);
 }
 
 static void store_changed(void)
@@ -991,50 +996,101 @@ out:
         new_view(nodes, fresh);
 }
 
+/* seed: KEYS apps, ports, epoch; ARGV epoch, then name, portkey, entry for
+ * each app. All of it, or nothing when the epoch is there already: a node
+ * that finds the epoch finds every app of the node that seeded. */
+static const char SEED_LUA[] =
+    "if not redis.call('SET', KEYS[3], ARGV[1], 'NX') then return 0 end\n"
+    "for i = 2, #ARGV, 3 do\n"
+    "  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 2]) == 1 then\n"
+    "    redis.call('HSETNX', KEYS[2], ARGV[i + 1], ARGV[i]) end end\n"
+    "return 1\n";
+
+/* When the store has no epoch (new, or emptied), this node's apps become
+ * its apps, at once. 1 seeded, 0 the epoch was there, -1 store failed. */
+static int seed_store(const char *epoch)
+{
+    json_t *local = registry_specs(), *v;
+    size_t n = json_object_size(local), argc = 0;
+    const char **argv = calloc(7 + 3 * n, sizeof(*argv));
+    size_t *lens = calloc(7 + 3 * n, sizeof(*lens));
+    char (*pks)[16] = calloc(n ? n : 1, sizeof(*pks)), **texts = calloc(n ? n : 1, sizeof(char *));
+    char why[ERRLEN];
+    const char *name;
+    redisReply *r = NULL;
+    size_t k = 0;
+    int rc = -1;
+
+    if (!local || !argv || !lens || !pks || !texts)
+        goto out;
+    argv[argc++] = "EVAL";
+    argv[argc++] = SEED_LUA;
+    argv[argc++] = "3";
+    argv[argc++] = KEY_APPS;
+    argv[argc++] = KEY_PORTS;
+    argv[argc++] = KEY_EPOCH;
+    argv[argc++] = epoch;
+    json_object_foreach(local, name, v) {
+        struct app_spec s;
+        const char *owner = json_string_value(json_object_get(v, "owner"));
+        if (k >= n || registry_spec_from_json(v, &s, why, sizeof(why)) != 0)
+            continue;
+        snprintf(s.owner, sizeof(s.owner), "%s", owner ? owner : "");
+        s.disabled = json_is_true(json_object_get(v, "disabled"));
+        port_key(&s, pks[k], sizeof(pks[k]));
+        if (!(texts[k] = entry_text(&s)))
+            goto out;
+        argv[argc++] = name;
+        argv[argc++] = pks[k];
+        argv[argc++] = texts[k];
+        k++;
+    }
+    for (size_t i = 0; i < argc; i++)
+        lens[i] = strlen(argv[i]);
+    pthread_mutex_lock(&cl.lock);
+    if (cmd_locked())
+        r = redisCommandArgv(cl.cmd, (int)argc, argv, lens);
+    if (!r && cl.cmd)
+        mark_down_locked(cl.cmd->errstr[0] ? cl.cmd->errstr : "no answer");
+    pthread_mutex_unlock(&cl.lock);
+    if (r && r->type == REDIS_REPLY_INTEGER) {
+        rc = r->integer ? 1 : 0;
+        if (rc)
+            log_info("ev=cluster_seeded apps=%zu node=%s", k, cl.node);
+    } else if (r) {
+        log_error("ev=cluster_seed_failed err=\"%.150s\"", r->type == REDIS_REPLY_ERROR && r->str
+                                                                 ? r->str : "unexpected reply");
+    }
+out:
+    if (r)
+        freeReplyObject(r);
+    for (size_t i = 0; texts && i < k; i++)
+        free(texts[i]);
+    free(texts);
+    free(pks);
+    free(lens);
+    free(argv);
+    json_decref(local);
+    return rc;
+}
+
 /* Read every app (HGETALL, bounded) and make the local ones the same;
  * when the cluster has none yet (no epoch), this node's apps seed it. */
 static void resync(void)
 {
     char why[ERRLEN], epoch[PKT_NAME_MAX + 32];
-    json_t *remote = NULL, *local = NULL;
+    json_t *remote = NULL;
     redisReply *r;
-    int seed = 0;
+    int seed;
 
     registry_write_lock();
-    pthread_mutex_lock(&cl.lock);
     snprintf(epoch, sizeof(epoch), "%s:%lld", cl.node, (long long)time(NULL));
-    r = cmd_call_locked(-1, why, sizeof(why), "SET " KEY_EPOCH " %s NX", epoch);
-    if (!r)
-        goto out;
-    seed = r->type == REDIS_REPLY_STATUS;
-    freeReplyObject(r);
-    pthread_mutex_unlock(&cl.lock);
-    if (seed) {
-        /* A fresh (or emptied) store: what this node has is the truth. */
-        const char *name;
-        json_t *v;
-        unsigned n = 0;
-        local = registry_specs();
-        json_object_foreach(local, name, v) {
-            struct app_spec s;
-            char *prev = NULL;
-            if (registry_spec_from_json(v, &s, why, sizeof(why)) != 0)
-                continue;
-            snprintf(s.owner, sizeof(s.owner), "%s",
-                     json_string_value(json_object_get(v, "owner"))
-                         ? json_string_value(json_object_get(v, "owner"))
-                         : "");
-            s.disabled = json_is_true(json_object_get(v, "disabled"));
-            if (store_claim(&s, 1, &prev, why, sizeof(why)) == 0)
-                n++;
-            else
-                log_error("ev=cluster_seed_skipped app=%s err=\"%s\"", name, why);
-            free(prev);
-        }
-        log_info("ev=cluster_seeded apps=%u node=%s", n, cl.node);
-        publish("changed");
-    }
+    seed = seed_store(epoch);
     pthread_mutex_lock(&cl.lock);
+    if (seed < 0)
+        goto out;
+    if (seed > 0)
+        publish_locked("changed");
     r = cmd_call_locked(REDIS_REPLY_ARRAY, why, sizeof(why), "HGETALL " KEY_APPS);
     if (!r)
         goto out;
@@ -1063,7 +1119,6 @@ out:
     }
     registry_write_unlock();
     json_decref(remote);
-    json_decref(local);
 }
 
 static void *worker_main(void *arg)
@@ -1310,7 +1365,7 @@ static json_t *iso_time(json_int_t t)
     return json_string(buf);
 }
 
-void cluster_decorate_list(json_t *list)
+void cluster_decorate_list(json_t *list, int admin)
 {
     json_t *nodes, *v, *p;
     size_t i, j;
@@ -1378,8 +1433,10 @@ void cluster_decorate_list(json_t *list)
     }
     pthread_mutex_unlock(&cl.view_lock);
     json_object_set_new(list, "cluster",
-                        json_pack("{s:s,s:s,s:s,s:o}", "store", cl.store_up ? "up" : "down",
-                                  "url", cl.url.shown, "node", cl.node, "nodes", nodes));
+                        json_pack("{s:s,s:s,s:o}", "store", cl.store_up ? "up" : "down", "node",
+                                  cl.node, "nodes", nodes));
+    if (admin)
+        json_object_set_new(json_object_get(list, "cluster"), "url", json_string(cl.url.shown));
 }
 
 void cluster_metrics(FILE *f)

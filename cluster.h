@@ -50,8 +50,9 @@ const char *cluster_node(void);
  * --cluster. */
 json_t *cluster_nodes_packet(void);
 /* /list's additions: "cluster", the nodes of each private, each app's
- * counters over the cluster. Nothing without --cluster. */
-void cluster_decorate_list(json_t *list);
+ * counters over the cluster (the store's address for the admin only).
+ * Nothing without --cluster. */
+void cluster_decorate_list(json_t *list, int admin);
 /* /metrics' cluster gauges (nothing without --cluster). */
 void cluster_metrics(FILE *f);
 

@@ -509,7 +509,7 @@ static int handle(struct mg_connection *conn, void *cbdata)
         return send_error(conn, 403, "only the admin token may do this");
     if (strcmp(uri, "/list") == 0) {
         json_t *l = registry_list_as(&who);
-        cluster_decorate_list(l);
+        cluster_decorate_list(l, who.admin);
         if (l && !who.admin)
             json_object_set_new(l, "token", token_scope_json(&who.scope));
         if (l)
