@@ -987,6 +987,12 @@ static void beat(void)
     if (!r)
         goto out;
     freeReplyObject(r);
+    /* The store emptied (FLUSHALL, a restart without its data): seed it again. */
+    r = cmd_call_locked(REDIS_REPLY_INTEGER, why, sizeof(why), "EXISTS " KEY_EPOCH);
+    if (r && r->integer == 0)
+        wake_worker(1);
+    if (r)
+        freeReplyObject(r);
     nodes = read_nodes_locked();
     fresh = mono_ms() - cl.up_at_ms < NODE_TTL_MS + 2 * BEAT_MS;
 out:

@@ -588,6 +588,30 @@ class ClusterTest(ProxyTest):
         held.sendall(b"after\n")
         self.assertEqual(harness.recv_exact(held, 6), b"after\n")
 
+    def test_store_emptied_is_seeded_again(self):
+        """Redis loses its data (FLUSHALL here; a restart without
+        persistence is the same): the nodes see the cluster's epoch gone and
+        write their apps back, all of them at once, so a port still served
+        cannot be claimed by another app meanwhile."""
+        self.start_cluster()
+        n1, n2, n3 = self.nodes
+        self.register(n1, "k0", self.app_lo)
+        self.register(n2, "k1", self.app_lo + 1)
+        for a in ("k0", "k1"):
+            self.wait_app_online(a)
+        marks = {n.name: n.mark() for n in self.nodes}
+        self.assertEqual(self.redis.cmd("FLUSHALL"), "OK")
+        wait_until(lambda: sorted(cl.pairs(self.redis.cmd("HGETALL", "natproxy:apps")))
+                   == ["k0", "k1"], 10 * SLOW, "the apps written back to the emptied store")
+        self.assertEqual(self.redis.cmd("HGET", "natproxy:ports", "tcp:%d" % self.app_lo), "k0")
+        seeded = [n.name for n in self.nodes
+                  if re.search(r"ev=cluster_seeded apps=2 ", n.proc.output()[marks[n.name]:])]
+        self.assertTrue(seeded, "no node logged ev=cluster_seeded apps=2")
+        st, resp = self.register(n3, "thief", self.app_lo, expect=409)
+        for n in self.nodes:
+            for a, p in (("k0", self.app_lo), ("k1", self.app_lo + 1)):
+                cl.echo_check(n.addr, p, CONN_BYTES)
+
     def test_sentinel_failover(self):
         """Nodes given three sentinels (quorum 2, down-after 1 s) follow the
         promoted replica when the primary is killed (-9) right after a
