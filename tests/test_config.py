@@ -106,7 +106,8 @@ class ConfigTest(ProxyTest):
                       "allow": "10.0.0.0/99:1", "host": None, "max-udp-sessions": "0",
                       "max-udp-sessions-per-app": "x", "resume-grace": "3601",
                       "resume-memory": "0", "ftp-ports": "30000", "public-address": "::1",
-                      "accept-proxy-from": "127.0.0.1/24"}
+                      "accept-proxy-from": "127.0.0.1/24", "cluster": "http://127.0.0.1:6379",
+                      "node-name": "bad name", "advertise": "nohost"}
         free_text = {"token", "token-file", "state-dir", "cert", "key", "known-hosts", "host"}
         for prog, base in (("proxy_public", "tunnel-port = 6300\nweb-port = 6301\n"),
                            ("proxy_private", "host = 127.0.0.1\ntunnel-port = 6300\n")):
