@@ -193,6 +193,15 @@ static void fail_locked(struct tls_io *io, int sslerr)
     int reason = ERR_GET_REASON(e);
     char buf[120];
 
+    /* The first fatal error is the reason: after it OpenSSL refuses every
+     * call, with SSL_ERROR_SYSCALL and an empty error queue, which would
+     * read as a stream ended without close_notify. A writer that comes
+     * after a refused record must not overwrite the reader's reason. */
+    if (io->fatal) {
+        ERR_clear_error();
+        errno = EPROTO;
+        return;
+    }
     if (sslerr == SSL_ERROR_SYSCALL && !e && errno && errno != EAGAIN) {
         int saved = errno; /* a reset or a timeout of the socket: kept as it is */
         snprintf(io->err, sizeof(io->err), "%s", strerror(saved));
@@ -334,6 +343,11 @@ int tls_io_write(struct tls_io *io, const void *buf, size_t len)
     int rc = -1, r;
 
     pthread_mutex_lock(&io->lock);
+    if (io->fatal) {
+        /* OpenSSL must not be called again after a fatal error. */
+        errno = EPROTO;
+        goto out;
+    }
     if (io->direct) {
         io->pend = buf;
         io->pend_len = len;
