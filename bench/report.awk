@@ -45,6 +45,19 @@ function udprow(label, m, fmt, vs_direct,    i, line, k) {
     print line " |"
 }
 
+# crow(label, metric, fmt): a row of the cluster table.
+function crow(label, m, fmt,    line, i, p, r) {
+    line = "| " label
+    for (i = 1; i <= 3; i++) {
+        p = (i == 1) ? "tls" : (i == 2) ? "cluster1" : "cluster3"
+        line = line " | " (has(p "." m) ? sprintf(fmt, R[p "." m]) : (has(p ".status") ? "n/a (" R[p ".status"] ")" : "n/a"))
+    }
+    r = (has("cluster1." m) && has("tls." m)) ? ratio(R["cluster1." m], R["tls." m]) : ""
+    line = line " | " (r != "" ? r : "n/a")
+    r = (has("cluster3." m) && has("cluster1." m)) ? ratio(R["cluster3." m], R["cluster1." m]) : ""
+    print line " | " (r != "" ? r : "n/a") " |"
+}
+
 function verdict(ok) { return ok ? "**MET**" : "**NOT MET**" }
 
 # target(text, ok, detail): one line of the targets list; ok = -1 means not measurable.
@@ -156,6 +169,47 @@ END {
                "; the same, flooder not niced " R[p ".bulk_flood_same.rounds"] : "")
     }
     print ""
+    # Cluster (docs/CLUSTER.md): its own table, against the single TLS node.
+    if (has("cluster1.bulk_up") || has("cluster1.status") || has("cluster3.bulk_up") || has("cluster3.status")) {
+        print "## Cluster"
+        print ""
+        print "Both cluster paths are TLS tunnels like `tunnel, TLS`, one proxy_private given node 1 only."
+        print "cluster1: one node with `--cluster` (a redis-server of its own, no persistence)."
+        print "cluster3: nodes on 127.0.0.11-13 sharing one redis-server and node 1's certificate, behind"
+        print "HAProxy (docs/haproxy-cluster.cfg as shipped: TCP mode, roundrobin, PROXY v2 from 127.0.0.3,"
+        print "which the nodes --accept-proxy-from); the clients connect to HAProxy. Its public-side CPU is"
+        print "the three nodes and HAProxy together. Ratios: cluster1 to the single TLS node (about 1.0"
+        print "expected: the data path never touches Redis), cluster3 to cluster1."
+        print ""
+        print "| figure | tunnel, TLS | cluster, 1 node | cluster, 3 nodes + HAProxy | cluster1 / TLS | cluster3 / cluster1 |"
+        print "|---|---|---|---|---|---|"
+        crow("bulk client→app, Mbit/s (iperf3)", "bulk_up", "%.0f")
+        crow("bulk app→client, Mbit/s (iperf3 -R)", "bulk_down", "%.0f")
+        crow("ping-pong 64 B p50, µs", "p50", "%.1f")
+        crow("ping-pong 64 B p99, µs", "p99", "%.1f")
+        crow("new connections/s (1-byte echo, 8 parallel)", "cps", "%.0f")
+        crow("CPU s per GiB relayed, public side (cluster3: 3 nodes + HAProxy)", "cpu_pub", "%.2f")
+        crow("CPU s per GiB relayed, private side", "cpu_priv", "%.2f")
+        print ""
+        print "CPU per GiB: the TLS path's figure also counts the CPU of its UDP rounds (iperf3 -u, the"
+        print "floods), which the cluster paths do not have: compare CPU between cluster1 and cluster3 only."
+        print ""
+        if (has("cluster3.cpu_split"))
+            print "cluster3, CPU seconds of each relay over all the rounds: " R["cluster3.cpu_split"] ".\n"
+        print "This machine cannot show scale-out: the three nodes, HAProxy, the private proxy, the"
+        print "apps and the clients all share its " nproc " cores, and every client connection goes through"
+        print "HAProxy, one more relay, so cluster3 pays an extra hop and gains no CPU. What cluster3 shows"
+        print "is that an app registered once is served by all three nodes behind the balancer, and what"
+        print "the extra hop costs here; more capacity needs nodes on machines of their own."
+        print ""
+        for (i = 1; i <= 2; i++) {
+            p = (i == 1) ? "cluster1" : "cluster3"
+            if (has(p ".bulk_up.rounds") || has(p ".p50.rounds") || has(p ".cps.rounds"))
+                print "- rounds, " p ": bulk up " R[p ".bulk_up.rounds"] "; bulk down " R[p ".bulk_down.rounds"] \
+                      "; p50 " R[p ".p50.rounds"] "; p99 " R[p ".p99.rounds"] "; conns/s " R[p ".cps.rounds"]
+        }
+        print ""
+    }
     print "## Targets"
     print ""
     # Bulk: judged on both directions.

@@ -12,7 +12,7 @@
 # Knobs (environment): BENCH_ROUNDS (5), BENCH_BULK_SECONDS (3), BENCH_PINGPONG_ROUNDS
 # (5000), BENCH_CONNRATE_SECONDS (2), BENCH_HOLD (10000), BENCH_HOLD_INFLIGHT (128),
 # BENCH_HOLD_SECONDS (120: give up opening after that; ssh -R needs ~60 s for 10,000
-# on an idle 2-core machine, its per-channel cost grows with the channels open), BENCH_PATHS ("direct ssh plain tls"),
+# on an idle 2-core machine, its per-channel cost grows with the channels open), BENCH_PATHS ("direct ssh plain tls tls_noresume cluster1 cluster3"),
 # BENCH_TLS_PUB_ARGS / BENCH_TLS_PRIV_ARGS (extra flags for the TLS tunnel, e.g.
 # a certificate or a pinned fingerprint, should the TLS mode need them),
 # BENCH_PREV_BIN (a folder with an earlier build's proxy_public/proxy_private:
@@ -20,6 +20,18 @@
 # change with what it replaces in one run), BENCH_RESUME_RESETS (9).
 # Paths tls_noresume (TLS with --resume-grace 0 on both sides: resumption off,
 # nothing retained) and tls_prev run the rounds but not the hold test.
+# Cluster paths (docs/CLUSTER.md; on by default, skipped with a note when
+# redis-server or, for cluster3, haproxy is missing), TLS like tls, rounds
+# only (no hold, no UDP), in their own section of the report:
+#   cluster1    one proxy_public node with --cluster (a redis-server started
+#               here on a free port, no persistence) and one proxy_private:
+#               against tls, it shows what cluster mode costs the data path
+#   cluster3    nodes n1-n3 on 127.0.0.11-13 (one redis-server, node 1's
+#               certificate) behind HAProxy running docs/haproxy-cluster.cfg
+#               (roundrobin, PROXY v2 from 127.0.0.3, which the nodes accept),
+#               the clients on HAProxy; the private is given node 1 only
+# The default BENCH_PATHS is then "direct ssh plain tls tls_noresume cluster1
+# cluster3" (plus tls_prev with BENCH_PREV_BIN).
 # UDP (paths direct, plain, tls: ssh -R has none): 64-byte UDP ping-pong,
 # iperf3 -u at BENCH_UDP_RATE (default: the highest of 400M 200M 100M 50M that
 # the direct path carries without loss, found first), and the TCP bulk upload
@@ -44,9 +56,9 @@ HOLD_INFLIGHT=${BENCH_HOLD_INFLIGHT:-128}
 HOLD_SECONDS=${BENCH_HOLD_SECONDS:-120}
 PREV_BIN=${BENCH_PREV_BIN:-}
 if [ -n "$PREV_BIN" ]; then
-    PATHS=${BENCH_PATHS:-direct ssh plain tls tls_noresume tls_prev}
+    PATHS=${BENCH_PATHS:-direct ssh plain tls tls_noresume tls_prev cluster1 cluster3}
 else
-    PATHS=${BENCH_PATHS:-direct ssh plain tls tls_noresume}
+    PATHS=${BENCH_PATHS:-direct ssh plain tls tls_noresume cluster1 cluster3}
 fi
 HOLD_PATHS="direct ssh plain tls"
 UDP_PATHS="direct plain tls"
@@ -547,6 +559,155 @@ run_tunnel() {
     eval "WPORT_$mode=\$wport"
 }
 
+# ------------------------------------------------------------------ cluster
+# The cluster paths (docs/CLUSTER.md), both TLS like the tls path, both fed by
+# one proxy_private given node 1 only (it learns the others from NODES) with
+# the same --register apps, TCP only (HAProxy carries no UDP).
+# cluster1: one node on 127.0.0.1 with --cluster (its own redis-server);
+# cluster3: nodes n1-n3 on 127.0.0.11-13 (one redis-server, one certificate:
+# node 1's, copied by --cert/--key) behind HAProxy running
+# docs/haproxy-cluster.cfg as shipped (roundrobin, send-proxy-v2 from
+# 127.0.0.3, which the nodes --accept-proxy-from), the bench's clients on
+# HAProxy's 127.0.0.1 side.
+CLUSTER_BALANCER=127.0.0.3
+
+# redis_start NAME: a redis-server on a free loopback port, no persistence;
+# sets REDIS_PORT and REDIS_PID.
+redis_start() {
+    REDIS_PORT=$("$TB" freeport 1)
+    mkdir -p "$TMP/$1"
+    spawn "$1" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$TMP/$1" \
+        --save "" --appendonly no --protected-mode no --daemonize no
+    REDIS_PID=$SPAWNED
+    "$TB" waitport 127.0.0.1 "$REDIS_PORT" 10 || { note "$1: redis-server did not listen"; tail_log "$1" >>"$TMP/notes"; return 1; }
+}
+
+# apps_online ADDR WPORT: /list on that node shows bench-iperf and bench-echo online.
+apps_online() {
+    curl -s -m 2 -H "Authorization: Bearer $TOKEN" "http://$1:$2/list" >"$TMP/list.json" 2>/dev/null
+    python3 -c 'import json, sys
+d = json.load(open(sys.argv[1]))
+on = [a["name"] for a in d.get("apps", []) if a.get("online") is True]
+sys.exit(0 if "bench-iperf" in on and "bench-echo" in on else 1)' "$TMP/list.json" 2>/dev/null
+}
+
+# run_cluster 1|3
+run_cluster() {
+    n=$1
+    mode=cluster$n
+    redis_start "$mode-redis" || return 1
+    rpid=$REDIS_PID
+    url="redis://127.0.0.1:$REDIS_PORT/0"
+    if [ "$n" = 1 ]; then addrs=127.0.0.1; else addrs="127.0.0.11 127.0.0.12 127.0.0.13"; fi
+    set -- $("$TB" freeport 4)
+    tport=$1 wport=$2 pub_iperf=$3 pub_echo=$4
+    pids="" cert_args="" k=0 addr1=""
+    for a in $addrs; do
+        k=$((k + 1))
+        state="$TMP/state-$mode-n$k"
+        mkdir -p "$state" && chmod 700 "$state"
+        extra=""
+        [ "$n" = 3 ] && extra="--accept-proxy-from $CLUSTER_BALANCER/32"
+        # shellcheck disable=SC2086
+        spawn "$mode-n$k-proxy_public" ./proxy_public "$tport" "$wport" --bind "$a" --token "$TOKEN" \
+            --state-dir "$state" --cluster "$url" --node-name "n$k" --advertise "$a:$tport" \
+            $cert_args $extra ${BENCH_TLS_PUB_ARGS:-}
+        pids="$pids $SPAWNED"
+        if ! "$TB" waitport "$a" "$tport" 10; then
+            note "$mode: node n$k did not listen on $a:$tport"
+            tail_log "$mode-n$k-proxy_public" >>"$TMP/notes"
+            stop $pids $rpid
+            forget $pids $rpid
+            return 1
+        fi
+        if [ $k = 1 ]; then
+            addr1=$a
+            # Nodes 2 and 3 share node 1's certificate (a private trusts the others by it).
+            [ -z "${BENCH_TLS_PUB_ARGS:-}" ] && cert_args="--cert $state/tls.crt --key $state/tls.key"
+        fi
+    done
+    # shellcheck disable=SC2086
+    spawn "$mode-proxy_private" ./proxy_private "$addr1" "$tport" --token "$TOKEN" --name bench \
+        --register "bench-iperf:$pub_iperf:127.0.0.1:$IPERF_PORT" \
+        --register "bench-echo:$pub_echo:127.0.0.1:$ECHO_PORT" \
+        --known-hosts "$TMP/known_hosts-$mode" ${BENCH_TLS_PRIV_ARGS:-}
+    priv_pid=$SPAWNED
+    # Bounded wait until every node shows both apps online and listens on them.
+    i=0 ok=0
+    while [ $i -lt 150 ] && kill -0 $priv_pid 2>/dev/null; do
+        ok=1
+        for a in $addrs; do
+            apps_online "$a" "$wport" && "$TB" waitport "$a" "$pub_echo" 1 && "$TB" waitport "$a" "$pub_iperf" 1 || { ok=0; break; }
+        done
+        [ $ok = 1 ] && break
+        sleep 0.2
+        i=$((i + 1))
+    done
+    if [ $ok != 1 ]; then
+        note "$mode: apps not online on every node within 30 s; last /list: $(head -c 300 "$TMP/list.json")"
+        for k in $(seq "$n"); do tail_log "$mode-n$k-proxy_public" >>"$TMP/notes"; done
+        tail_log "$mode-proxy_private" >>"$TMP/notes"
+        stop $priv_pid $pids $rpid
+        forget $priv_pid $pids $rpid
+        return 1
+    fi
+    if [ "$n" = 3 ]; then
+        # HAProxy with the shipped configuration, its example values replaced
+        # through the environment (presetenv): front 127.0.0.1 on the two app ports.
+        hweb=$("$TB" freeport 1)
+        set -- 127.0.0.11 127.0.0.12 127.0.0.13
+        if ! env FRONT_ADDR=127.0.0.1 APP_PORTS="$pub_iperf,127.0.0.1:$pub_echo" WEB_PORT="$wport" \
+            FRONT_WEB_PORT="$hweb" NODE1=$1 NODE2=$2 NODE3=$3 BALANCER_SOURCE=$CLUSTER_BALANCER \
+            MAXCONN=4000 haproxy -c -f docs/haproxy-cluster.cfg >"$LOGDIR/$mode-haproxy-check.log" 2>&1; then
+            note "$mode: haproxy -c rejects docs/haproxy-cluster.cfg: $(tail -n 1 "$LOGDIR/$mode-haproxy-check.log")"
+            stop $priv_pid $pids $rpid
+            forget $priv_pid $pids $rpid
+            return 1
+        fi
+        spawn "$mode-haproxy" env FRONT_ADDR=127.0.0.1 APP_PORTS="$pub_iperf,127.0.0.1:$pub_echo" WEB_PORT="$wport" \
+            FRONT_WEB_PORT="$hweb" NODE1=$1 NODE2=$2 NODE3=$3 BALANCER_SOURCE=$CLUSTER_BALANCER \
+            MAXCONN=4000 haproxy -db -f docs/haproxy-cluster.cfg
+        hpid=$SPAWNED
+        # Up when a round of echoes through it (one per node, roundrobin) works.
+        i=0 ok=0
+        while [ $i -lt 50 ] && kill -0 $hpid 2>/dev/null; do
+            if "$TB" waitport 127.0.0.1 "$pub_echo" 1 &&
+                timeout 10 "$TB" pingpong 127.0.0.1 "$pub_echo" 10 64 >/dev/null 2>&1 &&
+                timeout 10 "$TB" pingpong 127.0.0.1 "$pub_echo" 10 64 >/dev/null 2>&1 &&
+                timeout 10 "$TB" pingpong 127.0.0.1 "$pub_echo" 10 64 >/dev/null 2>&1; then
+                ok=1
+                break
+            fi
+            sleep 0.2
+            i=$((i + 1))
+        done
+        if [ $ok != 1 ]; then
+            note "$mode: no echo through HAProxy within 10 s"
+            tail_log "$mode-haproxy" >>"$TMP/notes"
+            stop $hpid $priv_pid $pids $rpid
+            forget $hpid $priv_pid $pids $rpid
+            return 1
+        fi
+        pids="$pids $hpid"
+    fi
+    # Redis is not a relay (the data path never touches it): stopped at the end
+    # with everything else, not counted in the public side's CPU.
+    path_add "$mode" "$pub_iperf" "$pub_echo" "$pids" "$priv_pid"
+    eval "WPORT_$mode=\$wport"
+}
+
+HAS_CLUSTER=0
+if [ $TUNNEL_OK = 1 ] && [ $HAS_TLS = 1 ] && ./proxy_public --help 2>&1 | grep -q -- '--cluster'; then
+    HAS_CLUSTER=1
+fi
+cluster_skip() { # cluster_skip PATH: why it cannot run here, or nothing
+    if [ $HAS_CLUSTER = 0 ]; then echo "no --cluster in this build"
+    elif ! command -v redis-server >/dev/null 2>&1; then echo "no redis-server (Debian package redis-server)"
+    elif [ "$1" = cluster3 ] && ! command -v haproxy >/dev/null 2>&1; then echo "no haproxy (Debian package haproxy)"
+    elif ! command -v python3 >/dev/null 2>&1; then echo "no python3"
+    fi
+}
+
 # ------------------------------------------------------------------ run
 for p in $PATHS; do
     case $p in
@@ -566,6 +727,10 @@ for p in $PATHS; do
         if [ -x "$PREV_BIN/proxy_public" ] && [ -x "$PREV_BIN/proxy_private" ]; then
             run_tunnel tls_prev || put tls_prev.status "failed to start"
         else put tls_prev.status "no build in BENCH_PREV_BIN"; fi ;;
+    cluster1 | cluster3)
+        why=$(cluster_skip "$p")
+        if [ -n "$why" ]; then put "$p.status" "skipped: $why"; note "$p: skipped: $why"
+        else run_cluster "${p#cluster}" || put "$p.status" "failed to start"; fi ;;
     *) log "unknown path $p" ;;
     esac
 done
@@ -576,6 +741,10 @@ for p in $ACTIVE; do
     eval "BYTES_$p=0"
     [ -n "$pub" ] && eval "CPU0_PUB_$p=\$(cpu_of \$pub)"
     [ -n "$priv" ] && eval "CPU0_PRIV_$p=\$(cpu_of \$priv)"
+    # cluster3: each node's and HAProxy's own CPU, to see the work spread.
+    if [ "$p" = cluster3 ]; then
+        for q in $pub; do eval "CPU0_ONE_$q=\$(cpu_of $q)"; done
+    fi
 done
 # The UDP paths up, and the offered load for iperf3 -u: the highest rate the
 # direct path carries without loss here (unless BENCH_UDP_RATE says).
@@ -637,6 +806,17 @@ for p in $ACTIVE; do
         put "$p.cpu_priv" "$(echo "$c0 $(cpu_of $priv) $bytes" | awk '{ printf "%.3f", ($2 - $1) / ($3 / 1073741824) }')"
     fi
 done
+case " $ACTIVE " in *" cluster3 "*)
+    path_get cluster3
+    split="" k=0
+    for q in $pub; do
+        k=$((k + 1))
+        if [ $k -le 3 ]; then who=n$k; else who=haproxy; fi
+        eval "c0=\$CPU0_ONE_$q"
+        split="$split${split:+, }$who $(echo "$c0 $(cpu_of $q)" | awk '{ printf "%.1f", $2 - $1 }') s"
+    done
+    put cluster3.cpu_split "$split" ;;
+esac
 # Outages: a reset of the tunnel's connection, and a silent cut, while a
 # connection is open: the time until it carries a byte again.
 if [ $TUNNEL_OK = 1 ] && [ $HAS_TLS = 1 ] && ./proxy_public --help 2>&1 | grep -q -- '--resume-grace'; then
