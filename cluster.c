@@ -1056,8 +1056,12 @@ static int seed_store(const char *epoch)
     pthread_mutex_lock(&cl.lock);
     if (cmd_locked())
         r = redisCommandArgv(cl.cmd, (int)argc, argv, lens);
-    if (!r && cl.cmd)
-        mark_down_locked(cl.cmd->errstr[0] ? cl.cmd->errstr : "no answer");
+    if (!r && cl.cmd) {
+        /* (the message is the context's, which mark_down_locked frees) */
+        char gone[sizeof(cl.cmd->errstr)];
+        snprintf(gone, sizeof(gone), "%s", cl.cmd->errstr[0] ? cl.cmd->errstr : "no answer");
+        mark_down_locked(gone);
+    }
     pthread_mutex_unlock(&cl.lock);
     if (r && r->type == REDIS_REPLY_INTEGER) {
         rc = r->integer ? 1 : 0;
