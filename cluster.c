@@ -1354,8 +1354,12 @@ json_t *cluster_nodes_packet(void)
     pthread_mutex_lock(&cl.view_lock);
     json_array_foreach(cl.view, i, v) {
         self |= strcmp(json_string_value(json_object_get(v, "name")), cl.node) == 0;
-        json_array_append_new(nodes, json_pack("{s:O,s:O}", "name", json_object_get(v, "name"),
-                                               "address", json_object_get(v, "address")));
+        /* Copies, not references: the view is freed by the worker while
+         * the packet may still be on its way. */
+        json_array_append_new(nodes, json_pack("{s:s,s:s}", "name",
+                                               json_string_value(json_object_get(v, "name")),
+                                               "address",
+                                               json_string_value(json_object_get(v, "address"))));
     }
     pthread_mutex_unlock(&cl.view_lock);
     if (!self && json_array_size(nodes) < PKT_NODES_MAX) /* not read back yet */
@@ -1386,13 +1390,17 @@ void cluster_decorate_list(json_t *list, int admin)
     pthread_mutex_lock(&cl.view_lock);
     json_array_foreach(cl.view, i, v) {
         const char *name = json_string_value(json_object_get(v, "name"));
-        json_array_append_new(nodes, json_pack("{s:O,s:O,s:o,s:O,s:O,s:b}", "name",
-                                               json_object_get(v, "name"), "address",
-                                               json_object_get(v, "address"), "up_since",
+        json_array_append_new(nodes, json_pack("{s:s,s:s,s:o,s:I,s:I,s:b}", "name", name,
+                                               "address",
+                                               json_string_value(json_object_get(v, "address")),
+                                               "up_since",
                                                iso_time(json_integer_value(
                                                    json_object_get(v, "up_since"))),
-                                               "tunnels", json_object_get(v, "tunnels"),
-                                               "connections", json_object_get(v, "connections"),
+                                               "tunnels",
+                                               json_integer_value(json_object_get(v, "tunnels")),
+                                               "connections",
+                                               json_integer_value(
+                                                   json_object_get(v, "connections")),
                                                "self", strcmp(name, cl.node) == 0));
     }
     /* Each private's nodes: the others' entries, and this node live. */
