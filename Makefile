@@ -13,7 +13,7 @@ LDFLAGS += -pie -Wl,-z,relro,-z,now
 LIBS    := -ljansson -lssl -lcrypto -lpthread
 PUB_LIBS := -lcivetweb -lhiredis -ldl
 
-COMMON_SRC := packet.c log.c netio.c cidr.c allow.c proxy_proto.c proxy_header.c tunnel.c udp.c ftp.c ftp_data.c tls.c tls_io.c state.c json_depth.c config.c service.c
+COMMON_SRC := packet.c log.c netio.c tcp_info.c cidr.c allow.c proxy_proto.c proxy_header.c tunnel.c udp.c ftp.c ftp_data.c tls.c tls_io.c state.c json_depth.c config.c service.c
 PUBLIC_SRC := proxy_public.c public_opts.c cluster.c registry.c tokens.c web_api.c ratelimit.c web_front.c web_head.c build/web_assets.c
 PRIVATE_SRC := proxy_private.c private_opts.c diag.c
 HEADERS := $(wildcard *.h)

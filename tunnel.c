@@ -50,6 +50,7 @@
 #include <openssl/ssl.h>
 
 #include "log.h"
+#include "tcp_info.h"
 #include "netio.h"
 #include "tls_io.h"
 #include "ftp_data.h"
@@ -242,6 +243,10 @@ struct tunnel {
     /* UDP against TCP on a full link (fair_udp_write): */
     _Atomic int64_t udp_credit;    /* TCP bytes sent, not yet matched by UDP */
     _Atomic uint64_t tcp_sent_ms;  /* mono_ms() of the last DATA write */
+    _Atomic uint64_t tcp_full_ms;  /* ... of the last one from a full read */
+    _Atomic uint64_t udp_cpu_ms;   /* until then a datagram costs CPU, not bytes */
+    uint64_t look_ms, look_acked;  /* the link's last look at TCP_INFO; under wlock */
+    int cpu_short;                 /* what it saw; under wlock */
     _Atomic uint64_t udp_limit_ms; /* UDP pays with credit until then */
 };
 
@@ -705,18 +710,32 @@ static int link_write_locked(struct tunnel *t, struct iovec *iov, int iovcnt,
 }
 
 /* Fairness between UDP and TCP on one link. A UDP flood must not take the
- * link from TCP connections: while TCP data is flowing (a DATA write in the
- * last FAIR_TCP_BUSY_MS) and the link is full (its send queue past half, as
- * link_has_room sees it; the state then holds for FAIR_HOLD_MS), UDP may
- * send only what TCP earned for it, byte for byte, each datagram costing its
- * length plus UDP_DGRAM_COST (what relaying one datagram costs compared to
- * TCP bytes: encoding and parsing its header, a system call on each side).
+ * link, or the CPU that relays it, from TCP connections. While TCP data is
+ * flowing (a DATA write in the last FAIR_TCP_BUSY_MS) and TCP is short of
+ * something, UDP may send only what TCP earned for it, byte for byte: TCP is
+ * short when the link is full (its send queue past half, as link_has_room
+ * sees it; the state then holds for FAIR_HOLD_MS) or when it is backlogged (a
+ * relay's read filled its whole buffer in the last FAIR_TCP_BUSY_MS: its
+ * sender has more than the tunnel carries). What a datagram costs depends on
+ * what is short:
+ * - the network (the link is full and the peer takes what arrives): its
+ *   frame's bytes, so both get the same share of the link;
+ * - the CPU (TCP backlogged while the link has room: this side's; or the
+ *   link full while the path could carry more than twice what it carries:
+ *   the peer's): its frame's bytes plus UDP_DGRAM_COST, what
+ *   relaying one datagram costs the machines beyond its bytes, compared with
+ *   TCP bytes (the system calls and the kernel's work per packet at each
+ *   end, its header to encode and parse), so both get the same share of the
+ *   CPU.
  * UDP that cannot be sent waits in its sessions' queues, where the oldest are
- * dropped (udp.c). On a link with room, or with no TCP data, UDP goes freely.
- * Under wlock, except the atomic reads of tunnel_udp_throttled. */
+ * dropped (udp.c). On a link with room beside TCP that is not backlogged (a
+ * slow download, an interactive session), or with no TCP data, UDP goes
+ * freely. Under wlock, except the atomic reads of tunnel_udp_throttled and
+ * tunnel_tcp_full_read. */
 #define FAIR_TCP_BUSY_MS 100
 #define FAIR_HOLD_MS 100
 #define FAIR_CREDIT_MAX (1 << 20)
+#define FAIR_LOOK_MS 50
 
 static int link_has_room(struct tunnel *t, size_t len);
 
@@ -734,32 +753,71 @@ static int tcp_busy(struct tunnel *t, uint64_t now)
     return now - atomic_load_explicit(&t->tcp_sent_ms, memory_order_relaxed) < FAIR_TCP_BUSY_MS;
 }
 
+static int tcp_backlogged(struct tunnel *t, uint64_t now)
+{
+    return now - atomic_load_explicit(&t->tcp_full_ms, memory_order_relaxed) < FAIR_TCP_BUSY_MS;
+}
+
+/* A relay's read of TCP data to send filled its whole buffer. */
+static void tunnel_tcp_full_read(struct tunnel *t)
+{
+    atomic_store_explicit(&t->tcp_full_ms, mono_ms(), memory_order_relaxed);
+}
+
+/* Whether the link is full for want of CPU, not of network: the path
+ * delivered, at its latest, more than twice what was acknowledged since the
+ * last look (at most one look per FAIR_LOOK_MS), so the peer, or the kernel
+ * on its way, does not take what the path could carry. */
+static int cpu_short_locked(struct tunnel *t, uint64_t now)
+{
+    uint64_t acked, rate, dt = now - t->look_ms;
+
+    if (t->look_ms && dt < FAIR_LOOK_MS)
+        return t->cpu_short;
+    if (tcp_send_rates(t->link.fd, &acked, &rate) != 0)
+        return t->cpu_short = 0;
+    t->cpu_short = t->look_ms && acked >= t->look_acked &&
+                   rate / 2 > (acked - t->look_acked) * 1000 / (dt ? dt : 1);
+    t->look_ms = now;
+    t->look_acked = acked;
+    return t->cpu_short;
+}
+
 /* UDP found the link full. */
 static void fair_link_full(struct tunnel *t)
 {
     uint64_t now = mono_ms();
 
-    if (tcp_busy(t, now))
-        atomic_store_explicit(&t->udp_limit_ms, now + FAIR_HOLD_MS, memory_order_relaxed);
+    if (!tcp_busy(t, now))
+        return;
+    atomic_store_explicit(&t->udp_limit_ms, now + FAIR_HOLD_MS, memory_order_relaxed);
+    if (cpu_short_locked(t, now))
+        atomic_store_explicit(&t->udp_cpu_ms, now + FAIR_HOLD_MS, memory_order_relaxed);
 }
 
-/* Whether UDP frames of len bytes and cost may be written now (and then
- * their cost is paid). room: 1 when the caller has just seen the link has
- * room for them, else 0. */
-static int fair_udp_write(struct tunnel *t, size_t len, size_t cost, int room)
+/* Whether UDP frames of len bytes carrying ndgram datagrams may be written
+ * now (and then their cost is paid; frames of no datagram, closes, always
+ * go). room: 1 when the caller has just seen the link has room for them,
+ * else 0. */
+static int fair_udp_write(struct tunnel *t, size_t len, unsigned ndgram, int room)
 {
     uint64_t now = mono_ms();
-    int64_t credit = atomic_load_explicit(&t->udp_credit, memory_order_relaxed);
+    int64_t credit = atomic_load_explicit(&t->udp_credit, memory_order_relaxed), cost;
+    int full;
 
-    if (!tcp_busy(t, now))
+    if (!tcp_busy(t, now) || ndgram == 0)
         return 1;
     if (!room && !link_has_room(t, len))
         fair_link_full(t);
-    else if (now >= atomic_load_explicit(&t->udp_limit_ms, memory_order_relaxed))
+    full = now < atomic_load_explicit(&t->udp_limit_ms, memory_order_relaxed);
+    if (!full && !tcp_backlogged(t, now))
         return 1;
-    if (credit < (int64_t)cost)
+    cost = (int64_t)len;
+    if (!full || now < atomic_load_explicit(&t->udp_cpu_ms, memory_order_relaxed))
+        cost += (int64_t)ndgram * UDP_DGRAM_COST;
+    if (credit < cost)
         return 0;
-    atomic_store_explicit(&t->udp_credit, credit - (int64_t)cost, memory_order_relaxed);
+    atomic_store_explicit(&t->udp_credit, credit - cost, memory_order_relaxed);
     return 1;
 }
 
@@ -772,7 +830,9 @@ int tunnel_udp_throttled(struct tunnel *t)
 {
     uint64_t now = mono_ms();
 
-    return tcp_busy(t, now) && now < atomic_load_explicit(&t->udp_limit_ms, memory_order_relaxed) &&
+    return tcp_busy(t, now) &&
+           (now < atomic_load_explicit(&t->udp_limit_ms, memory_order_relaxed) ||
+            tcp_backlogged(t, now)) &&
            atomic_load_explicit(&t->udp_credit, memory_order_relaxed) <= 0;
 }
 
@@ -841,14 +901,14 @@ out:
 }
 
 int tunnel_send_frames(struct tunnel *t, const unsigned char *frames, size_t len,
-                       size_t cost, uint64_t epoch)
+                       unsigned ndgram, uint64_t epoch)
 {
     const char *broken = NULL;
     int rc = -1;
 
     pthread_mutex_lock(&t->wlock);
     if (!t->dead && t->link_ok && t->link_epoch == epoch) {
-        if (!fair_udp_write(t, len, cost, 0)) {
+        if (!fair_udp_write(t, len, ndgram, 0)) {
             pthread_mutex_unlock(&t->wlock);
             return 1;
         }
@@ -876,7 +936,7 @@ static int link_has_room(struct tunnel *t, size_t len)
     return (size_t)outq + len + len / 512 + 64 < (size_t)sndbuf / 2;
 }
 
-int tunnel_try_send_frames(struct tunnel *t, struct iovec *iov, int iovcnt, size_t cost,
+int tunnel_try_send_frames(struct tunnel *t, struct iovec *iov, int iovcnt, unsigned ndgram,
                            uint64_t epoch)
 {
     const char *broken;
@@ -897,7 +957,7 @@ int tunnel_try_send_frames(struct tunnel *t, struct iovec *iov, int iovcnt, size
         pthread_mutex_unlock(&t->wlock);
         return 1;
     }
-    if (!fair_udp_write(t, len, cost, 1)) {
+    if (!fair_udp_write(t, len, ndgram, 1)) {
         pthread_mutex_unlock(&t->wlock);
         return 1;
     }
@@ -2332,6 +2392,8 @@ static int relay(struct conn *c, const char **why)
                     pthread_mutex_unlock(&c->lock);
                 }
                 c->tx_sent += (uint64_t)n;
+                if ((size_t)n == bufsize && bufsize == RELAY_CHUNK)
+                    tunnel_tcp_full_read(t);
                 if (conn_send(c, packet(OP_DATA, "{s:I,s:I}", "conn", (json_int_t)c->id, "len",
                                         (json_int_t)n),
                               buf + HEADROOM, (size_t)n, HEADROOM) != 0) {

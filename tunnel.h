@@ -133,22 +133,26 @@ int tunnel_read_handshake(struct tunnel *t, struct pkt *p, uint64_t deadline_ms,
 int tunnel_send(struct tunnel *t, json_t *hdr, const void *payload, size_t len);
 
 /* Send frames already encoded (UDP batches), in one piece, if the link is
- * still the one of tunnel_link_epoch() == epoch. cost: what they count
- * against TCP when the link is full (the sum of their payloads plus
- * UDP_DGRAM_COST each; tunnel.c, fair_udp_write). 0 sent; 1 not now, TCP's
- * turn (nothing sent); -1 (nothing sent, or the link broke). */
+ * still the one of tunnel_link_epoch() == epoch. ndgram: the datagrams among
+ * them, what they count against TCP when TCP is short of link or CPU
+ * (tunnel.c, fair_udp_write; frames of none always go). 0 sent; 1 not now,
+ * TCP's turn (nothing sent); -1 (nothing sent, or the link broke). */
 int tunnel_send_frames(struct tunnel *t, const unsigned char *frames, size_t len,
-                       size_t cost, uint64_t epoch);
+                       unsigned ndgram, uint64_t epoch);
 /* The same for the frames in iov, only if they go at once: nobody else is
  * writing and the socket has room for all of them. 0 sent, 1 not now
  * (nothing sent), -1 the link is down or changed (nothing sent) or broke.
  * iov is used up. */
-int tunnel_try_send_frames(struct tunnel *t, struct iovec *iov, int iovcnt, size_t cost,
+int tunnel_try_send_frames(struct tunnel *t, struct iovec *iov, int iovcnt, unsigned ndgram,
                            uint64_t epoch);
-/* What one datagram costs beyond its bytes when UDP and TCP share a full
- * link. */
-#define UDP_DGRAM_COST 4096
-/* Whether UDP must wait for TCP now (a full link, no credit left). */
+/* What relaying one datagram costs the machines beyond its bytes, in TCP
+ * bytes relayed, when UDP and TCP share a CPU too busy for both: in the
+ * benchmark's flood (bench/run.sh) a carried 1400-byte datagram took about
+ * 10 KiB of TCP's speed, the flooding process's and the drops' share
+ * included. */
+#define UDP_DGRAM_COST 16384
+/* Whether UDP must wait for TCP now (TCP short of link or CPU, no credit
+ * left). */
 int tunnel_udp_throttled(struct tunnel *t);
 /* Whether TCP data went through the link in the last moment (100 ms). */
 int tunnel_tcp_busy(struct tunnel *t);

@@ -506,7 +506,7 @@ static int sess_send_direct(struct udp_sess *s, unsigned char *data, size_t len)
     if (n > 0) {
         memcpy(data - n, hdr, (size_t)n);
         struct iovec iov = {data - n, (size_t)n + len};
-        r = tunnel_try_send_frames(u->t, &iov, 1, len + UDP_DGRAM_COST, epoch);
+        r = tunnel_try_send_frames(u->t, &iov, 1, 1, epoch);
     }
     pthread_mutex_lock(&u->lock);
     s->inflight--;
@@ -599,7 +599,7 @@ static void *uplink_main(void *arg)
         /* Closes cost nothing: they always go. */
         give_up = mono_ms() + THROTTLE_WAIT_MS;
         while (!failed && pos &&
-               (r = tunnel_send_frames(t, buf, pos, payload + n * UDP_DGRAM_COST, epoch)) == 1 &&
+               (r = tunnel_send_frames(t, buf, pos, n, epoch)) == 1 &&
                mono_ms() < give_up && !u->dead)
             sleep_ms(THROTTLE_NAP_MS);
         if (r == 1) {
@@ -980,7 +980,7 @@ static int batch_flush(struct rx_batch *b)
     if (b->n == 0)
         return 0;
     r = tunnel_try_send_frames(b->sess[0]->u->t, b->iov, (int)b->n,
-                               b->bytes + b->n * UDP_DGRAM_COST, b->epoch);
+                               b->n, b->epoch);
     for (unsigned i = 0; i < b->n; i++) {
         struct udp_sess *s = b->sess[i];
         struct udp_tun *u = s->u;
