@@ -1,9 +1,16 @@
 /* tls_io.c - the tunnel's TLS after the handshake, on OpenSSL's record layer.
  *
  * See tls_io.h for the promises. How:
- * - io->lock guards the SSL object, the staging buffer and sending from it.
- *   Every OpenSSL call on the tunnel happens under it, and nothing under it
- *   waits: the socket is non-blocking.
+ * - io->lock guards the SSL object and the staging buffer. Every OpenSSL
+ *   call on the tunnel happens under it, and nothing under it waits: the
+ *   socket is non-blocking.
+ * - Only the tunnel's writer (one at a time: the callers hold the tunnel's
+ *   writer lock) sends staged records, and it lets go of io->lock while the
+ *   send() runs (on loopback the kernel delivers to the peer and wakes it
+ *   inside that call): the reader's SSL_read does not wait for it. Meanwhile
+ *   (io->sending) the staged bytes being sent stay where they are, and what
+ *   the reader's OpenSSL calls make (an alert, a KeyUpdate's answer) is
+ *   appended after them.
  * - The write BIO is ours: OpenSSL's records are appended to io->out instead
  *   of being written one 16 KiB record per write(); after each SSL_write the
  *   buffer goes to the socket in one send(). The BIO never asks for a retry,
@@ -43,6 +50,7 @@ struct tls_io {
     pthread_mutex_t lock;
     unsigned char *out;         /* staged records: out[off..len) not yet sent */
     size_t out_len, out_off;
+    int sending;                /* a send() of out[off..) runs without the lock */
     unsigned nodata;            /* records received since the last data */
     int direct;                 /* OpenSSL writes to the socket itself (kernel TLS) */
     int ktls_tx;                /* ... and the kernel makes the records */
@@ -63,7 +71,7 @@ static int out_write(BIO *b, const char *data, size_t len, size_t *written)
     struct tls_io *io = BIO_get_data(b);
 
     /* Compact first: staged bytes that were sent leave room at the front. */
-    if (io->out_off > 0 && io->out_len + len > OUT_CAP) {
+    if (io->out_off > 0 && !io->sending && io->out_len + len > OUT_CAP) {
         memmove(io->out, io->out + io->out_off, io->out_len - io->out_off);
         io->out_len -= io->out_off;
         io->out_off = 0;
@@ -315,20 +323,31 @@ static int push_direct_locked(struct tls_io *io)
     return 1;
 }
 
-/* Under io->lock: send staged bytes until done or the socket is full. */
+/* Under io->lock, called by the tunnel's writer only: send staged bytes
+ * until done or the socket is full, without the lock during each send(). */
 static int flush_locked(struct tls_io *io)
 {
     if (io->direct)
         return io->pend ? push_direct_locked(io) : 1;
     while (io->out_off < io->out_len) {
-        ssize_t w = send(io->fd, io->out + io->out_off, io->out_len - io->out_off,
-                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        const unsigned char *from = io->out + io->out_off;
+        size_t n = io->out_len - io->out_off;
+        ssize_t w;
+        int e;
+
+        io->sending = 1;
+        pthread_mutex_unlock(&io->lock);
+        w = send(io->fd, from, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        e = errno;
+        pthread_mutex_lock(&io->lock);
+        io->sending = 0;
         if (w < 0) {
-            if (errno == EINTR)
+            if (e == EINTR)
                 continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
+            errno = e;
+            if (e == EAGAIN || e == EWOULDBLOCK)
                 return 0;
-            snprintf(io->err, sizeof(io->err), "write: %s", strerror(errno));
+            snprintf(io->err, sizeof(io->err), "write: %s", strerror(e));
             return -1;
         }
         io->out_off += (size_t)w;

@@ -734,7 +734,9 @@ static int link_write_locked(struct tunnel *t, struct iovec *iov, int iovcnt,
  * tunnel_tcp_full_read. */
 #define FAIR_TCP_BUSY_MS 100
 #define FAIR_HOLD_MS 100
-#define FAIR_CREDIT_MAX (1 << 20)
+/* At least what the uplink's largest batch costs (udp.c: 64 datagrams of
+ * up to 96 KiB together, each UDP_DGRAM_COST more), or it would never go. */
+#define FAIR_CREDIT_MAX (4 << 20)
 #define FAIR_LOOK_MS 50
 
 static int link_has_room(struct tunnel *t, size_t len);
