@@ -243,11 +243,9 @@ struct tunnel {
     /* UDP against TCP on a full link (fair_udp_write): */
     _Atomic int64_t udp_credit;    /* TCP bytes sent, not yet matched by UDP */
     _Atomic uint64_t tcp_sent_ms;  /* mono_ms() of the last DATA write */
-    _Atomic uint64_t tcp_full_ms;  /* ... of the last one from a full read */
-    _Atomic uint64_t udp_cpu_ms;   /* until then a datagram costs CPU, not bytes */
+    _Atomic uint64_t tcp_full_ms;  /* ... of the last one from a backlogged relay */
     uint64_t look_ms, look_acked;  /* the link's last look at TCP_INFO; under wlock */
     int cpu_short;                 /* what it saw; under wlock */
-    _Atomic uint64_t udp_limit_ms; /* UDP pays with credit until then */
 };
 
 static void conn_abort_locked(struct conn *c, const char *why);
@@ -711,33 +709,32 @@ static int link_write_locked(struct tunnel *t, struct iovec *iov, int iovcnt,
 
 /* Fairness between UDP and TCP on one link. A UDP flood must not take the
  * link, or the CPU that relays it, from TCP connections. While TCP data is
- * flowing (a DATA write in the last FAIR_TCP_BUSY_MS) and TCP is short of
- * something, UDP may send only what TCP earned for it, byte for byte: TCP is
- * short when the link is full (its send queue past half, as link_has_room
- * sees it; the state then holds for FAIR_HOLD_MS) or when it is backlogged (a
- * relay's read filled its whole buffer in the last FAIR_TCP_BUSY_MS: its
- * sender has more than the tunnel carries). What a datagram costs depends on
- * what is short:
- * - the network (the link is full and the peer takes what arrives): its
+ * backlogged (a relay's reads have filled its whole buffer for
+ * FAIR_BACKLOG_MS in a row, within the last FAIR_TCP_BUSY_MS: its sender has
+ * more than the tunnel carries), UDP may send only what TCP earned for it,
+ * byte for byte. What a datagram costs depends on what TCP is short of:
+ * - the network (the link is full and the path carries what it can): its
  *   frame's bytes, so both get the same share of the link;
- * - the CPU (TCP backlogged while the link has room: this side's; or the
- *   link full while the path could carry more than twice what it carries:
- *   the peer's): its frame's bytes plus UDP_DGRAM_COST, what
- *   relaying one datagram costs the machines beyond its bytes, compared with
+ * - the CPU (the link has room, so this side's relaying is the bottleneck;
+ *   or it is full while the path could carry more than twice what it
+ *   carries: the peer's): twice its frame's bytes plus UDP_DGRAM_COST, what
+ *   relaying one datagram costs the machines beyond its bytes compared with
  *   TCP bytes (the system calls and the kernel's work per packet at each
- *   end, its header to encode and parse), so both get the same share of the
- *   CPU.
+ *   end, its header to encode and parse): UDP gets half of TCP's share of
+ *   the CPU, since what sends and receives a flood takes CPU too, which this
+ *   count cannot see.
  * UDP that cannot be sent waits in its sessions' queues, where the oldest are
- * dropped (udp.c). On a link with room beside TCP that is not backlogged (a
- * slow download, an interactive session), or with no TCP data, UDP goes
- * freely. Under wlock, except the atomic reads of tunnel_udp_throttled and
- * tunnel_tcp_full_read. */
+ * dropped (udp.c). Beside TCP that is not backlogged (a slow download, an
+ * interactive session, a burst), or with no TCP data, UDP goes freely.
+ * Under wlock, except the atomics. */
 #define FAIR_TCP_BUSY_MS 100
-#define FAIR_HOLD_MS 100
+#define FAIR_BACKLOG_MS 20
 /* At least what the uplink's largest batch costs (udp.c: 64 datagrams of
- * up to 96 KiB together, each UDP_DGRAM_COST more), or it would never go. */
+ * up to 96 KiB together, each UDP_DGRAM_COST more, doubled), or it would
+ * never go. */
 #define FAIR_CREDIT_MAX (4 << 20)
 #define FAIR_LOOK_MS 50
+#define FAIR_CPU_SHARE 2
 
 static int link_has_room(struct tunnel *t, size_t len);
 
@@ -760,13 +757,13 @@ static int tcp_backlogged(struct tunnel *t, uint64_t now)
     return now - atomic_load_explicit(&t->tcp_full_ms, memory_order_relaxed) < FAIR_TCP_BUSY_MS;
 }
 
-/* A relay's read of TCP data to send filled its whole buffer. */
-static void tunnel_tcp_full_read(struct tunnel *t)
+/* A relay has been reading full buffers of TCP data for FAIR_BACKLOG_MS. */
+static void tunnel_tcp_backlogged(struct tunnel *t)
 {
     atomic_store_explicit(&t->tcp_full_ms, mono_ms(), memory_order_relaxed);
 }
 
-/* Whether the link is full for want of CPU, not of network: the path
+/* Whether a full link is full for want of CPU, not of network: the path
  * delivered, at its latest, more than twice what was acknowledged since the
  * last look (at most one look per FAIR_LOOK_MS), so the peer, or the kernel
  * on its way, does not take what the path could carry. */
@@ -785,18 +782,6 @@ static int cpu_short_locked(struct tunnel *t, uint64_t now)
     return t->cpu_short;
 }
 
-/* UDP found the link full. */
-static void fair_link_full(struct tunnel *t)
-{
-    uint64_t now = mono_ms();
-
-    if (!tcp_busy(t, now))
-        return;
-    atomic_store_explicit(&t->udp_limit_ms, now + FAIR_HOLD_MS, memory_order_relaxed);
-    if (cpu_short_locked(t, now))
-        atomic_store_explicit(&t->udp_cpu_ms, now + FAIR_HOLD_MS, memory_order_relaxed);
-}
-
 /* Whether UDP frames of len bytes carrying ndgram datagrams may be written
  * now (and then their cost is paid; frames of no datagram, closes, always
  * go). room: 1 when the caller has just seen the link has room for them,
@@ -805,18 +790,12 @@ static int fair_udp_write(struct tunnel *t, size_t len, unsigned ndgram, int roo
 {
     uint64_t now = mono_ms();
     int64_t credit = atomic_load_explicit(&t->udp_credit, memory_order_relaxed), cost;
-    int full;
 
-    if (!tcp_busy(t, now) || ndgram == 0)
-        return 1;
-    if (!room && !link_has_room(t, len))
-        fair_link_full(t);
-    full = now < atomic_load_explicit(&t->udp_limit_ms, memory_order_relaxed);
-    if (!full && !tcp_backlogged(t, now))
+    if (ndgram == 0 || !tcp_busy(t, now) || !tcp_backlogged(t, now))
         return 1;
     cost = (int64_t)len;
-    if (!full || now < atomic_load_explicit(&t->udp_cpu_ms, memory_order_relaxed))
-        cost += (int64_t)ndgram * UDP_DGRAM_COST;
+    if (room || link_has_room(t, len) || cpu_short_locked(t, now))
+        cost = FAIR_CPU_SHARE * (cost + (int64_t)ndgram * UDP_DGRAM_COST);
     if (credit < cost)
         return 0;
     atomic_store_explicit(&t->udp_credit, credit - cost, memory_order_relaxed);
@@ -832,9 +811,7 @@ int tunnel_udp_throttled(struct tunnel *t)
 {
     uint64_t now = mono_ms();
 
-    return tcp_busy(t, now) &&
-           (now < atomic_load_explicit(&t->udp_limit_ms, memory_order_relaxed) ||
-            tcp_backlogged(t, now)) &&
+    return tcp_busy(t, now) && tcp_backlogged(t, now) &&
            atomic_load_explicit(&t->udp_credit, memory_order_relaxed) <= 0;
 }
 
@@ -955,7 +932,6 @@ int tunnel_try_send_frames(struct tunnel *t, struct iovec *iov, int iovcnt, unsi
         return -1;
     }
     if (!link_has_room(t, len)) {
-        fair_link_full(t);
         pthread_mutex_unlock(&t->wlock);
         return 1;
     }
@@ -2225,6 +2201,7 @@ static int relay(struct conn *c, const char **why)
     unsigned char *buf = rb ? rb->room : NULL;
     int wr_shut = 0, rc = -1;
     uint64_t connect_deadline = mono_ms() + CONNECT_WAIT_MS, drain_deadline = 0;
+    uint64_t full_since = 0; /* reads have filled the buffer since then */
     sigset_t waitmask;
 
     if (!rb) {
@@ -2394,8 +2371,15 @@ static int relay(struct conn *c, const char **why)
                     pthread_mutex_unlock(&c->lock);
                 }
                 c->tx_sent += (uint64_t)n;
-                if ((size_t)n == bufsize && bufsize == RELAY_CHUNK)
-                    tunnel_tcp_full_read(t);
+                if ((size_t)n == bufsize && bufsize == RELAY_CHUNK) {
+                    uint64_t now = mono_ms();
+                    if (!full_since)
+                        full_since = now;
+                    else if (now - full_since >= FAIR_BACKLOG_MS)
+                        tunnel_tcp_backlogged(t);
+                } else {
+                    full_since = 0;
+                }
                 if (conn_send(c, packet(OP_DATA, "{s:I,s:I}", "conn", (json_int_t)c->id, "len",
                                         (json_int_t)n),
                               buf + HEADROOM, (size_t)n, HEADROOM) != 0) {

@@ -149,10 +149,9 @@ int tunnel_try_send_frames(struct tunnel *t, struct iovec *iov, int iovcnt, unsi
  * bytes relayed, when UDP and TCP share a CPU too busy for both: in the
  * benchmark's flood (bench/run.sh) a carried 1400-byte datagram took about
  * 10 KiB of TCP's speed, the flooding process's and the drops' share
- * included. */
+ * included (tunnel.c, fair_udp_write, counts it twice). */
 #define UDP_DGRAM_COST 16384
-/* Whether UDP must wait for TCP now (TCP short of link or CPU, no credit
- * left). */
+/* Whether UDP must wait for TCP now (TCP backlogged, no credit left). */
 int tunnel_udp_throttled(struct tunnel *t);
 /* Whether TCP data went through the link in the last moment (100 ms). */
 int tunnel_tcp_busy(struct tunnel *t);
