@@ -240,10 +240,10 @@ struct tunnel {
     struct tunnel_resume_stats rs; /* under lock */
     _Atomic uint64_t link_epoch;   /* +1 for each new link (under wlock) */
     struct udp_tun *udp;
-    /* UDP against TCP on a full link (fair_udp_write): */
+    /* UDP against backlogged TCP (fair_udp_write): */
     _Atomic int64_t udp_credit;    /* TCP bytes sent, not yet matched by UDP */
     _Atomic uint64_t tcp_sent_ms;  /* mono_ms() of the last DATA write */
-    _Atomic uint64_t tcp_full_ms;  /* ... of the last one from a backlogged relay */
+    _Atomic uint64_t tcp_full_ms;  /* mono_ms() when a relay was last backlogged */
     uint64_t look_ms, look_acked;  /* the link's last look at TCP_INFO; under wlock */
     int cpu_short;                 /* what it saw; under wlock */
 };
