@@ -134,8 +134,8 @@ int tunnel_send(struct tunnel *t, json_t *hdr, const void *payload, size_t len);
 
 /* Send frames already encoded (UDP batches), in one piece, if the link is
  * still the one of tunnel_link_epoch() == epoch. ndgram: the datagrams among
- * them, what they count against TCP when TCP is short of link or CPU
- * (tunnel.c, fair_udp_write; frames of none always go). 0 sent; 1 not now,
+ * them, what they count against TCP while TCP is backlogged (tunnel.c,
+ * fair_udp_write; frames of none always go). 0 sent; 1 not now,
  * TCP's turn (nothing sent); -1 (nothing sent, or the link broke). */
 int tunnel_send_frames(struct tunnel *t, const unsigned char *frames, size_t len,
                        unsigned ndgram, uint64_t epoch);
