@@ -381,6 +381,52 @@ class UdpTest(ProxyTest):
                             "the public side grew by %d KiB under the flood" % (peak - rss0))
         self.assertLessEqual(self.target.received, a["datagrams_in"])
 
+    def test_udp_beside_slow_tcp_is_not_held_back(self):
+        """A UDP stream beside a slow TCP stream on the same tunnel (an
+        interactive session: 4 KiB every 20 ms) is never made to wait for
+        TCP's share: TCP is not backlogged, so every datagram arrives and
+        none is dropped (docs/OPERATIONS.md, UDP apps)."""
+        sink = self.server(apps.SinkServer)
+        self.target = self.server(apps.UdpSinkServer)
+        self.start_public()
+        self.port = free_udp_port()
+        tcp_port = free_port()
+        self.priv = self.start_private(register=[
+            "t:%d:127.0.0.1:%d" % (tcp_port, sink.port),
+            "u:%d:127.0.0.1:%d/udp" % (self.port, self.target.port)])
+        self.wait_online(apps=["t", "u"])
+        stop = threading.Event()
+        trickled = [0]
+
+        def trickle():
+            with harness.connect(tcp_port, timeout=30 * SLOW) as s:
+                chunk = os.urandom(4096)
+                while not stop.is_set():
+                    s.sendall(chunk)
+                    trickled[0] += len(chunk)
+                    time.sleep(0.02)
+        tr = threading.Thread(target=trickle, daemon=True)
+        tr.start()
+        self.addCleanup(stop.set)
+        time.sleep(0.3)
+        c = client()
+        self.addCleanup(c.close)
+        n, payload = 1500, os.urandom(1200)
+        for i in range(n):
+            c.sendto(payload, ("127.0.0.1", self.port))
+            if i % 10 == 9:
+                time.sleep(0.02)  # 500 datagrams a second
+        deadline = time.monotonic() + 10 * SLOW
+        while self.target.received < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stop.set()
+        tr.join(10 * SLOW)
+        a = self.app()
+        self.assertGreater(trickled[0], 0, "the TCP stream did not run")
+        self.assertEqual(a["drops"], {k: 0 for k in a["drops"]}, a)
+        self.assertEqual(a["datagrams_in"], n, a)
+        self.assertEqual(self.target.received, n, a)
+
     def test_private_older_than_udp_is_refused_clearly(self):
         """A private of protocol version 2 (no UDP): a UDP app for it is
         refused with a clear error; TCP apps work as before."""
