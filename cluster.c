@@ -808,8 +808,8 @@ static void send_nodes(struct tunnel *t, void *arg)
 static void new_view(json_t *entries, int fresh)
 {
     char sig[sizeof(cl.view_sig)];
-    size_t n = json_array_size(entries), off = 0, i;
-    json_t **sorted = calloc(n ? n : 1, sizeof(*sorted)), *view = json_array(), *old, *v;
+    size_t n, off = 0, i;
+    json_t **sorted, *view, *old, *v;
     int changed;
 
     if (fresh) {
@@ -825,10 +825,10 @@ static void new_view(json_t *entries, int fresh)
                 json_array_append(entries, v);
         }
         pthread_mutex_unlock(&cl.view_lock);
-        n = json_array_size(entries);
-        free(sorted);
-        sorted = calloc(n ? n : 1, sizeof(*sorted));
     }
+    n = json_array_size(entries);
+    sorted = calloc(n ? n : 1, sizeof(*sorted));
+    view = json_array();
     if (!sorted || !view) {
         free(sorted);
         json_decref(view);
