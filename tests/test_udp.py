@@ -310,11 +310,10 @@ class UdpTest(ProxyTest):
         self.assertEqual(self.roundtrip(c, b"again"), b"niaga")
         self.echo_roundtrip(self.port)
 
-    def test_udp_flood_leaves_tcp_working(self):
-        """A UDP flood at one app while a TCP transfer runs on the same
-        tunnel: the transfer completes intact, the public side keeps reading
-        (and dropping, counted) while the private side is frozen for a moment,
-        and memory stays within the queue budget."""
+    def start_tcp_and_udp_sinks(self):
+        """Both proxies with a TCP app "t" (a sink answering the sha256 of
+        what it got) and a UDP app "u" on self.port (self.target counts the
+        datagrams) on one tunnel; returns t's public port."""
         sink = self.server(apps.SinkServer)
         self.target = self.server(apps.UdpSinkServer)
         self.start_public()
@@ -324,6 +323,14 @@ class UdpTest(ProxyTest):
             "t:%d:127.0.0.1:%d" % (tcp_port, sink.port),
             "u:%d:127.0.0.1:%d/udp" % (self.port, self.target.port)])
         self.wait_online(apps=["t", "u"])
+        return tcp_port
+
+    def test_udp_flood_leaves_tcp_working(self):
+        """A UDP flood at one app while a TCP transfer runs on the same
+        tunnel: the transfer completes intact, the public side keeps reading
+        (and dropping, counted) while the private side is frozen for a moment,
+        and memory stays within the queue budget."""
+        tcp_port = self.start_tcp_and_udp_sinks()
         rss0 = rss_kib(self.public.popen.pid)
         stop = threading.Event()
         sent = [0]
@@ -386,15 +393,7 @@ class UdpTest(ProxyTest):
         interactive session: 4 KiB every 20 ms) is never made to wait for
         TCP's share: TCP is not backlogged, so every datagram arrives and
         none is dropped (docs/OPERATIONS.md, UDP apps)."""
-        sink = self.server(apps.SinkServer)
-        self.target = self.server(apps.UdpSinkServer)
-        self.start_public()
-        self.port = free_udp_port()
-        tcp_port = free_port()
-        self.priv = self.start_private(register=[
-            "t:%d:127.0.0.1:%d" % (tcp_port, sink.port),
-            "u:%d:127.0.0.1:%d/udp" % (self.port, self.target.port)])
-        self.wait_online(apps=["t", "u"])
+        tcp_port = self.start_tcp_and_udp_sinks()
         stop = threading.Event()
         trickled = [0]
 
