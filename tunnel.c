@@ -815,54 +815,41 @@ int tunnel_udp_throttled(struct tunnel *t)
            atomic_load_explicit(&t->udp_credit, memory_order_relaxed) <= 0;
 }
 
-/* tunnel_send, where payload may have `headroom` writable bytes in front of
- * it: then a frame header that fits goes there and the frame is one piece. */
-static int tunnel_send_ex(struct tunnel *t, json_t *hdr, unsigned char *payload, size_t len,
-                          size_t headroom)
+/* Send the frame whose encoded header is hdr[0..n) and payload[0..len): the
+ * payload may have `headroom` writable bytes in front of it, and then a TLS
+ * frame's header that fits goes there and the frame is one piece. */
+static int send_encoded(struct tunnel *t, const unsigned char *hdr, size_t n,
+                        unsigned char *payload, size_t len, size_t headroom)
 {
-    unsigned char small[512];
-    unsigned char *buf = small, *frame, *copy = NULL;
-    size_t cap = sizeof(small);
+    const unsigned char *frame = hdr;
+    unsigned char *copy = NULL;
     const char *broken = NULL;
-    int n, rc = -1, tls;
+    int rc = -1, tls;
 
-    if (!hdr)
-        return -1;
-    n = pkt_encode(hdr, buf, cap);
-    if (n < 0) {
-        cap = PKT_FRAME_PREFIX + PKT_MAX_HEADER;
-        buf = malloc(cap);
-        if (!buf)
-            goto out;
-        n = pkt_encode(hdr, buf, cap);
-        if (n < 0)
-            goto out;
-    }
-    frame = buf;
     if (!payload)
         len = 0;
     tls = t->tls;
-    if (tls && len && (size_t)n <= headroom) {
+    if (tls && len && n <= headroom) {
         frame = payload - n;
-        memcpy(frame, buf, (size_t)n);
+        memcpy(payload - n, hdr, n);
     } else if (tls && len) {
         /* One SSL_write per frame: one record for small frames. */
-        if ((size_t)n + len > PKT_MAX_FRAME)
-            goto out;
-        frame = copy = malloc((size_t)n + len);
+        if (n + len > PKT_MAX_FRAME)
+            return -1;
+        frame = copy = malloc(n + len);
         if (!copy)
-            goto out;
-        memcpy(copy, buf, (size_t)n);
+            return -1;
+        memcpy(copy, hdr, n);
         memcpy(copy + n, payload, len);
     }
 
     pthread_mutex_lock(&t->wlock);
     errno = EPIPE;
     if (!t->dead && t->link_ok) {
-        struct iovec iov[2] = {{buf, (size_t)n}, {payload, len}};
+        struct iovec iov[2] = {{(void *)hdr, n}, {payload, len}};
         if (t->link.tls) {
-            iov[0].iov_base = frame;
-            iov[0].iov_len = (size_t)n + len;
+            iov[0].iov_base = (void *)frame;
+            iov[0].iov_len = n + len;
         }
         rc = link_write_locked(t, iov, t->link.tls || !len ? 1 : 2, &broken);
         if (rc == 0 && len)
@@ -871,11 +858,34 @@ static int tunnel_send_ex(struct tunnel *t, json_t *hdr, unsigned char *payload,
     pthread_mutex_unlock(&t->wlock);
     if (broken)
         link_broken(t, broken);
+    free(copy);
+    return rc;
+}
+
+/* tunnel_send, with send_encoded's headroom. */
+static int tunnel_send_ex(struct tunnel *t, json_t *hdr, unsigned char *payload, size_t len,
+                          size_t headroom)
+{
+    unsigned char small[512];
+    unsigned char *buf = small;
+    int n, rc = -1;
+
+    if (!hdr)
+        return -1;
+    n = pkt_encode(hdr, buf, sizeof(small));
+    if (n < 0) {
+        buf = malloc(PKT_FRAME_PREFIX + PKT_MAX_HEADER);
+        if (!buf)
+            goto out;
+        n = pkt_encode(hdr, buf, PKT_FRAME_PREFIX + PKT_MAX_HEADER);
+        if (n < 0)
+            goto out;
+    }
+    rc = send_encoded(t, buf, (size_t)n, payload, len, headroom);
 out:
     json_decref(hdr);
     if (buf != small)
         free(buf);
-    free(copy);
     return rc;
 }
 
@@ -1989,6 +1999,19 @@ static int conn_send(struct conn *c, json_t *hdr, unsigned char *payload, size_t
     return !t->dead && c->resumable && tunnel_resumable(t) ? 0 : -1;
 }
 
+/* conn_send of DATA: its header is written without a JSON object (the one
+ * frame sent for every read of a connection). */
+static int conn_send_data(struct conn *c, unsigned char *payload, size_t len, size_t headroom)
+{
+    struct tunnel *t = c->t;
+    unsigned char hdr[PKT_DATA_HEADER_MAX];
+    int n = pkt_encode_data(hdr, sizeof(hdr), c->id, len);
+
+    if (n > 0 && send_encoded(t, hdr, (size_t)n, payload, len, headroom) == 0)
+        return 0;
+    return n > 0 && !t->dead && c->resumable && tunnel_resumable(t) ? 0 : -1;
+}
+
 /* Keep data (the bytes just sent as DATA, from stream offset start) until the
  * peer acknowledges it. Under c->lock. When the budget says no, c stops being
  * resumable and keeps nothing. */
@@ -2148,9 +2171,7 @@ static int conn_replay(struct conn *c, unsigned char *buf, size_t bufsize)
         pthread_mutex_unlock(&c->lock);
         if (n == 0)
             return -1; /* not retained: cannot happen for a resumable connection */
-        if (conn_send(c, packet(OP_DATA, "{s:I,s:I}", "conn", (json_int_t)c->id, "len",
-                                (json_int_t)n),
-                      buf + HEADROOM, n, HEADROOM) != 0)
+        if (conn_send_data(c, buf + HEADROOM, n, HEADROOM) != 0)
             return -1;
         from += n;
     }
@@ -2380,9 +2401,7 @@ static int relay(struct conn *c, const char **why)
                 } else {
                     full_since = 0;
                 }
-                if (conn_send(c, packet(OP_DATA, "{s:I,s:I}", "conn", (json_int_t)c->id, "len",
-                                        (json_int_t)n),
-                              buf + HEADROOM, (size_t)n, HEADROOM) != 0) {
+                if (conn_send_data(c, buf + HEADROOM, (size_t)n, HEADROOM) != 0) {
                     if (kept)
                         rb = NULL; /* the connection's now, freed with it */
                     *why = "tunnel down";

@@ -163,6 +163,25 @@ static int parse_copy_ok(const unsigned char *buf, size_t n, size_t maxh)
     return r;
 }
 
+/* A frame accepted without Jansson (p->json NULL: a DATA header exactly as
+ * pkt_encode_data writes it) is one that Jansson and pkt_validate accept too,
+ * with the same fields and no other members. */
+static int same_as_jansson(const unsigned char *frame, const struct pkt *p)
+{
+    size_t hlen = (size_t)frame[0] << 24 | (size_t)frame[1] << 16 | (size_t)frame[2] << 8 | frame[3];
+    json_t *j = json_loadb((const char *)frame + PKT_FRAME_PREFIX, hlen, JSON_REJECT_DUPLICATES,
+                           NULL);
+    struct pkt q;
+    char err[200];
+    int ok;
+
+    memset(&q, 0, sizeof(q));
+    ok = p->op == OP_DATA && j && pkt_validate(j, &q, err, sizeof(err)) == 0 &&
+         json_object_size(j) == 3 && q.op == p->op && q.conn == p->conn && q.len == p->len;
+    json_decref(j);
+    return ok;
+}
+
 /* Result of parsing the header text hdr (plus plen payload bytes) as one frame. */
 static int parse_text(const char *hdr, size_t plen, size_t maxh)
 {
@@ -173,7 +192,8 @@ static int parse_text(const char *hdr, size_t plen, size_t maxh)
     int r = parse_copy(f, n, maxh, &p, &flen, err, sizeof(err), &copy);
 
     if (r == 1) {
-        CHECK(p.json != NULL, "accepted frame without json: %s", hdr);
+        CHECK(p.json != NULL || same_as_jansson(copy, &p), "accepted frame without json: %s",
+              hdr);
         CHECK(flen == n, "frame_len %zu, buffer %zu: %s", flen, n, hdr);
     } else {
         CHECK(p.json == NULL, "rc %d left a json object: %s", r, hdr);
@@ -383,7 +403,8 @@ static void test_roundtrip(void)
         if (r == 1) {
             CHECK(p.op == e->op, "op %d parsed as %d", e->op, p.op);
             CHECK(flen == (size_t)n + e->plen, "op %d frame_len %zu", e->op, flen);
-            CHECK(json_equal(p.json, j), "op %d header differs after round trip", e->op);
+            CHECK(p.json ? json_equal(p.json, j) : same_as_jansson(copy, &p),
+                  "op %d header differs after round trip", e->op);
             if ((e->op >= OP_BUILD_CONNECTION && e->op <= OP_CLOSE) ||
                 (e->op >= OP_UDP_DATA && e->op <= OP_FTP_TLS))
                 CHECK(p.conn == 1, "op %d conn %llu", e->op, (unsigned long long)p.conn);
@@ -1410,7 +1431,8 @@ static void check_mutant(const unsigned char *m, size_t n, size_t maxh, const ch
     int r = parse_copy(m, n, maxh, &p, &flen, err, sizeof(err), &copy);
 
     if (r == 1) {
-        CHECK(p.json && p.op >= 1 && p.op <= OP_MAX_CODE, "%s %zu: accepted, op %d", what, at, p.op);
+        CHECK((p.json || same_as_jansson(copy, &p)) && p.op >= 1 && p.op <= OP_MAX_CODE,
+              "%s %zu: accepted, op %d", what, at, p.op);
         CHECK(flen > PKT_FRAME_PREFIX && flen <= n, "%s %zu: frame_len %zu of %zu", what, at, flen, n);
         if (p.op == OP_DATA)
             CHECK(p.len >= 1 && p.len <= PKT_MAX_DATA && p.payload == copy + flen - p.len,
@@ -1517,6 +1539,99 @@ static void test_stream(void)
     free(stream);
 }
 
+/* DATA headers written by pkt_encode_data: the header packet() makes, read
+ * back without Jansson; look-alikes go Jansson's way and get its answer. */
+static void test_data_fast_path(void)
+{
+    static const uint64_t conns[] = {1, 7, 4294967296ULL, PKT_CONN_ID_MAX};
+    static const size_t lens[] = {1, 21, PKT_MAX_DATA};
+    static const struct {
+        const char *hdr;
+        int rc;
+    } like[] = {
+        {"{\"op\":7,\"conn\":1,\"len\":5 }", 1},
+        {"{\"op\":7,\"conn\":1,\"len\":5,\"x\":1}", 1},
+        {"{\"op\":7, \"conn\":1,\"len\":5}", 1},
+        {"{\"conn\":1,\"len\":5,\"op\":7}", 1},
+        {"{\"op\":7,\"conn\":01,\"len\":5}", -1},
+        {"{\"op\":7,\"conn\":1,\"len\":05}", -1},
+        {"{\"op\":7,\"conn\":0,\"len\":5}", -1},
+        {"{\"op\":7,\"conn\":9007199254740992,\"len\":5}", -1},
+        {"{\"op\":7,\"conn\":1,\"len\":262145}", -1},
+        {"{\"op\":7,\"conn\":1,\"len\":5}}", -1},
+        {"{\"op\":7,\"conn\":1,\"len\":5,\"len\":6}", -1},
+        {"{\"op\":7,\"conn\":1,\"len\":}", -1},
+        {"{\"op\":7,\"conn\":,\"len\":5}", -1},
+        {"{\"op\":7,\"conn\":1,\"len\":5", -1},
+    };
+    unsigned char buf[PKT_DATA_HEADER_MAX + 64];
+
+    for (size_t i = 0; i < sizeof(conns) / sizeof(conns[0]); i++) {
+        for (size_t k = 0; k < sizeof(lens) / sizeof(lens[0]); k++) {
+            char want[100];
+            json_t *j = packet(OP_DATA, "{s:I,s:I}", "conn", (json_int_t)conns[i], "len",
+                               (json_int_t)lens[k]);
+            int n = pkt_encode_data(buf, PKT_DATA_HEADER_MAX, conns[i], lens[k]), w;
+            unsigned char *f, *copy = NULL;
+            struct pkt p;
+            size_t flen = 0;
+            char err[200] = "";
+
+            w = snprintf(want, sizeof(want), "{\"op\":7,\"conn\":%llu,\"len\":%zu}",
+                         (unsigned long long)conns[i], lens[k]);
+            CHECK(n == PKT_FRAME_PREFIX + w, "encoded %d bytes, want %d", n, PKT_FRAME_PREFIX + w);
+            if (n != PKT_FRAME_PREFIX + w) {
+                json_decref(j);
+                continue;
+            }
+            CHECK(memcmp(buf + PKT_FRAME_PREFIX, want, (size_t)w) == 0, "bytes of %s", want);
+            f = malloc((size_t)n + lens[k]);
+            if (!f)
+                abort();
+            memcpy(f, buf, (size_t)n);
+            memset(f + n, 0x3c, lens[k]);
+            CHECK(parse_copy(f, (size_t)n + lens[k] - 1, PKT_MAX_HEADER, &p, &flen, err,
+                             sizeof(err), &copy) == 0 && flen == (size_t)n + lens[k],
+                  "one payload byte short of %s: incomplete, %zu needed", want, flen);
+            pkt_clear(&p);
+            CHECK(parse_copy(f, (size_t)n + lens[k], PKT_MAX_HEADER_PREAUTH, &p, &flen, err,
+                             sizeof(err), &copy) == 1,
+                  "parse %s: %s", want, err);
+            CHECK(p.json == NULL && p.op == OP_DATA && p.conn == conns[i] && p.len == lens[k] &&
+                      p.payload == copy + n && flen == (size_t)n + lens[k],
+                  "fields of %s", want);
+            CHECK(same_as_jansson(copy, &p), "Jansson reads %s the same", want);
+            /* The same members as packet() gives. */
+            {
+                json_t *back = json_loadb(want, (size_t)w, 0, NULL);
+                CHECK(back && json_equal(back, j), "packet() header equals %s", want);
+                json_decref(back);
+            }
+            pkt_clear(&p);
+            json_decref(j);
+            free(f);
+        }
+    }
+    CHECK(pkt_encode_data(buf, sizeof(buf), 0, 1) == -1, "conn 0 refused");
+    CHECK(pkt_encode_data(buf, sizeof(buf), PKT_CONN_ID_MAX + 1, 1) == -1, "conn too big refused");
+    CHECK(pkt_encode_data(buf, sizeof(buf), 1, 0) == -1, "len 0 refused");
+    CHECK(pkt_encode_data(buf, sizeof(buf), 1, PKT_MAX_DATA + 1) == -1, "len too big refused");
+    CHECK(pkt_encode_data(buf, PKT_DATA_HEADER_MAX - 1, 1, 1) == -1, "short buffer refused");
+    for (size_t i = 0; i < sizeof(like) / sizeof(like[0]); i++) {
+        size_t n, flen = 0;
+        unsigned char *f = frame_text(like[i].hdr, 5, &n), *copy = NULL;
+        struct pkt p;
+        char err[200] = "";
+        int r = parse_copy(f, n, PKT_MAX_HEADER, &p, &flen, err, sizeof(err), &copy);
+
+        CHECK(r == like[i].rc, "%s: %d, want %d (%s)", like[i].hdr, r, like[i].rc, err);
+        if (r == 1)
+            CHECK(p.json != NULL && p.conn == 1 && p.len == 5, "%s read by Jansson", like[i].hdr);
+        pkt_clear(&p);
+        free(f);
+    }
+}
+
 /* ------------------------------------------------------------ runner */
 
 static const struct {
@@ -1524,8 +1639,10 @@ static const struct {
     void (*fn)(void);
 } tests[] = {
     {"op_names", test_op_names},
+
     {"packet_builder", test_packet_builder},
     {"roundtrip", test_roundtrip},
+    {"data_fast_path", test_data_fast_path},
     {"encode_limits", test_encode_limits},
     {"truncation", test_truncation},
     {"header_length", test_header_length},
