@@ -99,21 +99,38 @@ static size_t put_decimal(unsigned char *out, uint64_t v)
     return n;
 }
 
-static const char data_head[] = "{\"op\":7,\"conn\":";
+/* The headers pkt_encode_data writes: {"op":N,"ID":I,"len":L}. */
+static const struct data_form {
+    int op;
+    const char *head; /* up to the id's digits */
+    uint64_t len_min, len_max;
+} data_forms[] = {
+    {OP_DATA, "{\"op\":7,\"conn\":", 1, PKT_MAX_DATA},
+    {OP_UDP_DATA, "{\"op\":12,\"session\":", 0, PKT_MAX_DGRAM},
+};
 static const char data_mid[] = ",\"len\":";
 
-int pkt_encode_data(unsigned char *out, size_t cap, uint64_t conn, size_t len)
+static const struct data_form *data_form_of(int op)
 {
-    unsigned char *h = out + PKT_FRAME_PREFIX;
-    size_t n = 0;
+    _Static_assert(OP_DATA == 7 && OP_UDP_DATA == 12, "data_forms spell the op codes");
+    for (size_t i = 0; i < sizeof(data_forms) / sizeof(data_forms[0]); i++)
+        if (data_forms[i].op == op)
+            return &data_forms[i];
+    return NULL;
+}
 
-    _Static_assert(OP_DATA == 7, "data_head spells DATA's op code");
-    if (cap < PKT_DATA_HEADER_MAX || conn < 1 || conn > PKT_CONN_ID_MAX || len < 1 ||
-        len > PKT_MAX_DATA)
+int pkt_encode_data(unsigned char *out, size_t cap, int op, uint64_t id, size_t len)
+{
+    const struct data_form *f = data_form_of(op);
+    unsigned char *h = out + PKT_FRAME_PREFIX;
+    size_t n;
+
+    if (!f || cap < PKT_DATA_HEADER_MAX || id < 1 || id > PKT_CONN_ID_MAX || len < f->len_min ||
+        len > f->len_max)
         return -1;
-    memcpy(h, data_head, sizeof(data_head) - 1);
-    n += sizeof(data_head) - 1;
-    n += put_decimal(h + n, conn);
+    n = strlen(f->head);
+    memcpy(h, f->head, n);
+    n += put_decimal(h + n, id);
     memcpy(h + n, data_mid, sizeof(data_mid) - 1);
     n += sizeof(data_mid) - 1;
     n += put_decimal(h + n, len);
@@ -125,41 +142,55 @@ int pkt_encode_data(unsigned char *out, size_t cap, uint64_t conn, size_t len)
     return (int)(n + PKT_FRAME_PREFIX);
 }
 
-/* At h[*at..hlen): a decimal 1..max without leading zeros; moves *at past it. */
-static int take_decimal(const unsigned char *h, size_t hlen, size_t *at, uint64_t max,
-                        uint64_t *out)
+/* At h[*at..hlen): a decimal min..max as JSON writes it (no leading zeros);
+ * moves *at past it. */
+static int take_decimal(const unsigned char *h, size_t hlen, size_t *at, uint64_t min,
+                        uint64_t max, uint64_t *out)
 {
     size_t i = *at;
     uint64_t v = 0;
 
-    if (i >= hlen || h[i] < '1' || h[i] > '9')
+    if (i >= hlen || h[i] < '0' || h[i] > '9')
         return -1;
-    for (; i < hlen && h[i] >= '0' && h[i] <= '9'; i++) {
-        v = v * 10 + (uint64_t)(h[i] - '0');
-        if (v > max)
-            return -1; /* also stops before v could overflow: max < 2^60 */
+    if (h[i] == '0') {
+        i++; /* zero is "0", and nothing may follow it */
+    } else {
+        for (; i < hlen && h[i] >= '0' && h[i] <= '9'; i++) {
+            v = v * 10 + (uint64_t)(h[i] - '0');
+            if (v > max)
+                return -1; /* also stops before v could overflow: max < 2^60 */
+        }
     }
+    if (v < min || (i < hlen && h[i] >= '0' && h[i] <= '9'))
+        return -1;
     *at = i;
     *out = v;
     return 0;
 }
 
-/* 1 when h[0..hlen) is exactly a header pkt_encode_data writes, with *conn and
- * *len its members (both in range); 0 for anything else, which then goes the
- * way of every other header (Jansson and pkt_validate) and gets the same
- * answer: these bytes are a JSON object with those three members only. */
-static int parse_data_fast(const unsigned char *h, size_t hlen, uint64_t *conn, uint64_t *len)
+/* When h[0..hlen) is exactly a header pkt_encode_data writes (values in
+ * range), its op, with *id and *len its members; 0 for anything else, which
+ * then goes the way of every other header (Jansson and pkt_validate) and gets
+ * the same answer: these bytes are a JSON object with those three members. */
+static int parse_data_fast(const unsigned char *h, size_t hlen, uint64_t *id, uint64_t *len)
 {
-    size_t at = sizeof(data_head) - 1;
+    for (size_t i = 0; i < sizeof(data_forms) / sizeof(data_forms[0]); i++) {
+        const struct data_form *f = &data_forms[i];
+        size_t at = strlen(f->head);
 
-    if (hlen < at || memcmp(h, data_head, at) != 0 ||
-        take_decimal(h, hlen, &at, PKT_CONN_ID_MAX, conn) != 0 ||
-        hlen - at < sizeof(data_mid) - 1 || memcmp(h + at, data_mid, sizeof(data_mid) - 1) != 0)
-        return 0;
-    at += sizeof(data_mid) - 1;
-    if (take_decimal(h, hlen, &at, PKT_MAX_DATA, len) != 0 || at + 1 != hlen || h[at] != '}')
-        return 0;
-    return 1;
+        if (hlen < at || memcmp(h, f->head, at) != 0)
+            continue;
+        if (take_decimal(h, hlen, &at, 1, PKT_CONN_ID_MAX, id) != 0 ||
+            hlen - at < sizeof(data_mid) - 1 ||
+            memcmp(h + at, data_mid, sizeof(data_mid) - 1) != 0)
+            return 0;
+        at += sizeof(data_mid) - 1;
+        if (take_decimal(h, hlen, &at, f->len_min, f->len_max, len) != 0 || at + 1 != hlen ||
+            h[at] != '}')
+            return 0;
+        return f->op;
+    }
+    return 0;
 }
 
 void pkt_clear(struct pkt *p)
@@ -857,6 +888,7 @@ int pkt_parse_frame(const unsigned char *buf, size_t avail, size_t max_header, s
 {
     size_t hlen;
     uint64_t v;
+    int op;
     json_error_t jerr;
     json_t *hdr = NULL;
 
@@ -873,14 +905,15 @@ int pkt_parse_frame(const unsigned char *buf, size_t avail, size_t max_header, s
         *frame_len = PKT_FRAME_PREFIX + hlen;
         return 0;
     }
-    if (parse_data_fast(buf + PKT_FRAME_PREFIX, hlen, &out->conn, &v)) {
+    op = parse_data_fast(buf + PKT_FRAME_PREFIX, hlen, &out->conn, &v);
+    if (op) {
         out->len = (size_t)v;
         *frame_len = PKT_FRAME_PREFIX + hlen + out->len;
         if (avail < *frame_len) {
             memset(out, 0, sizeof(*out));
             return 0;
         }
-        out->op = OP_DATA;
+        out->op = op;
         out->payload = buf + PKT_FRAME_PREFIX + hlen;
         return 1;
     }

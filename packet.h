@@ -66,13 +66,14 @@ json_t *packet(int op, const char *fmt, ...);
  * cap or exceeds PKT_MAX_HEADER. */
 int pkt_encode(const json_t *hdr, unsigned char *out, size_t cap);
 
-/* The header of a DATA frame, written straight into out (prefix included)
- * without building a JSON object: {"op":7,"conn":CONN,"len":LEN}, the header
- * packet(OP_DATA, ...) makes, in the member order pkt_parse_frame recognises
- * without Jansson. Returns the bytes written, or -1 when conn or len is out
- * of range or cap is less than PKT_DATA_HEADER_MAX. */
-#define PKT_DATA_HEADER_MAX (PKT_FRAME_PREFIX + 48)
-int pkt_encode_data(unsigned char *out, size_t cap, uint64_t conn, size_t len);
+/* The header of a DATA or UDP_DATA frame without other members, written
+ * straight into out (prefix included) without building a JSON object:
+ * {"op":7,"conn":ID,"len":LEN} or {"op":12,"session":ID,"len":LEN}, the
+ * header packet() makes, in the member order pkt_parse_frame recognises
+ * without Jansson. Returns the bytes written, or -1 for another op, an id or
+ * len out of range, or cap less than PKT_DATA_HEADER_MAX. */
+#define PKT_DATA_HEADER_MAX (PKT_FRAME_PREFIX + 60)
+int pkt_encode_data(unsigned char *out, size_t cap, int op, uint64_t id, size_t len);
 
 /* Parse the frame at the start of buf[0..avail).
  *   1: a whole frame; *out is filled, *frame_len is its total size (prefix +
@@ -80,8 +81,9 @@ int pkt_encode_data(unsigned char *out, size_t cap, uint64_t conn, size_t len);
  *   0: incomplete; *frame_len is the total size needed when known, else 0.
  *  -1: malformed, oversized or invalid; err holds a reason fit for a log line.
  * max_header is PKT_MAX_HEADER or PKT_MAX_HEADER_PREAUTH. Never reads past avail.
- * A DATA header written exactly as pkt_encode_data writes it is read without
- * Jansson, and out->json is then NULL: DATA's fields are all in out. */
+ * A DATA or UDP_DATA header written exactly as pkt_encode_data writes it is
+ * read without Jansson, and out->json is then NULL: all its fields are in out
+ * (json_object_get(NULL, ...) is NULL: no "open", no "drops"). */
 int pkt_parse_frame(const unsigned char *buf, size_t avail, size_t max_header,
                     struct pkt *out, size_t *frame_len, char *err, size_t errlen);
 

@@ -2005,7 +2005,7 @@ static int conn_send_data(struct conn *c, unsigned char *payload, size_t len, si
 {
     struct tunnel *t = c->t;
     unsigned char hdr[PKT_DATA_HEADER_MAX];
-    int n = pkt_encode_data(hdr, sizeof(hdr), c->id, len);
+    int n = pkt_encode_data(hdr, sizeof(hdr), OP_DATA, c->id, len);
 
     if (n > 0 && send_encoded(t, hdr, (size_t)n, payload, len, headroom) == 0)
         return 0;

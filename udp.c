@@ -456,22 +456,39 @@ static json_t *drops_json(const uint32_t *drops)
     return o;
 }
 
-static json_t *data_header(struct udp_sess *s, size_t len, int open)
+/* The UDP_DATA header of a datagram of s, encoded at out[0..cap): n bytes,
+ * or -1. Without "open" and "drops" (nearly every datagram) it is written
+ * without a JSON object. */
+static int data_header(struct udp_sess *s, size_t len, int open, unsigned char *out, size_t cap)
 {
     uint32_t drops[3] = {0, 0, 0};
-    json_t *o = NULL;
+    json_t *o = NULL, *h;
+    int n;
 
+    if (!s->u->is_public)
+        for (int i = 0; i < 3; i++)
+            drops[i] = atomic_exchange(&s->rep[i], 0);
+    if (!open && !drops[0] && !drops[1] && !drops[2]) {
+        unsigned char tmp[PKT_DATA_HEADER_MAX];
+        if (cap >= sizeof(tmp))
+            return pkt_encode_data(out, cap, OP_UDP_DATA, s->id, len);
+        n = pkt_encode_data(tmp, sizeof(tmp), OP_UDP_DATA, s->id, len);
+        if (n < 0 || (size_t)n > cap)
+            return -1;
+        memcpy(out, tmp, (size_t)n);
+        return n;
+    }
     if (open) {
         o = json_pack("{s:s,s:s,s:i,s:i}", "app", s->app->name, "target_host", s->host,
                       "target_port", s->port, "idle", (int)s->idle_s);
         if (!o)
-            return NULL;
+            return -1;
     }
-    if (!s->u->is_public)
-        for (int i = 0; i < 3; i++)
-            drops[i] = atomic_exchange(&s->rep[i], 0);
-    return packet(OP_UDP_DATA, "{s:I,s:I,s:o*,s:o*}", "session", (json_int_t)s->id, "len",
-                  (json_int_t)len, "open", o, "drops", drops_json(drops));
+    h = packet(OP_UDP_DATA, "{s:I,s:I,s:o*,s:o*}", "session", (json_int_t)s->id, "len",
+               (json_int_t)len, "open", o, "drops", drops_json(drops));
+    n = h ? pkt_encode(h, out, cap) : -1;
+    json_decref(h);
+    return n;
 }
 
 /* The short way, when it is free: s has nothing waiting and the tunnel's
@@ -497,11 +514,7 @@ static int sess_send_direct(struct udp_sess *s, unsigned char *data, size_t len)
     s->need_open = 0;
     s->inflight++;
     pthread_mutex_unlock(&u->lock);
-    {
-        json_t *h = data_header(s, len, open);
-        n = h ? pkt_encode(h, hdr, sizeof(hdr)) : -1;
-        json_decref(h);
-    }
+    n = data_header(s, len, open, hdr, sizeof(hdr));
     r = 1;
     if (n > 0) {
         memcpy(data - n, hdr, (size_t)n);
@@ -591,10 +604,14 @@ static void *uplink_main(void *arg)
         }
         closes_end = pos;
         for (unsigned i = 0; i < n && !failed; i++) {
-            if (put_frame(buf, BATCH_CAP, &pos,
-                          data_header(items[i].s, items[i].d->len, items[i].open),
-                          items[i].d->data, items[i].d->len) != 0)
+            size_t len = items[i].d->len;
+            int hn = data_header(items[i].s, len, items[i].open, buf + pos, BATCH_CAP - pos);
+            if (hn < 0 || BATCH_CAP - pos - (size_t)hn < len) {
                 failed = 1;
+                continue;
+            }
+            memcpy(buf + pos + hn, items[i].d->data, len);
+            pos += (size_t)hn + len;
         }
         /* Closes cost nothing: they always go. */
         give_up = mono_ms() + THROTTLE_WAIT_MS;
@@ -909,7 +926,6 @@ static int batch_add(struct rx_batch *b, struct udp_sess *s, unsigned char *data
     struct udp_tun *u = s->u;
     unsigned char hdr[HEADROOM];
     int open, first, n;
-    json_t *h;
 
     if (b->n == 0)
         b->epoch = tunnel_link_epoch(u->t); /* before need_open, as in sess_send_direct */
@@ -928,9 +944,7 @@ static int batch_add(struct rx_batch *b, struct udp_sess *s, unsigned char *data
     open = s->need_open;
     s->need_open = 0;
     pthread_mutex_unlock(&u->lock);
-    h = data_header(s, len, open);
-    n = h ? pkt_encode(h, hdr, sizeof(hdr)) : -1;
-    json_decref(h);
+    n = data_header(s, len, open, hdr, sizeof(hdr));
     if (n <= 0) {
         pthread_mutex_lock(&u->lock);
         if (open)

@@ -37,8 +37,9 @@ struct answer {
     uint64_t conn;
 };
 
-/* p (accepted from frame, without Jansson: p->json NULL) is DATA, and what
- * Jansson and pkt_validate() make of the same header: the same three members. */
+/* p (accepted from frame, without Jansson: p->json NULL) is DATA or UDP_DATA,
+ * and what Jansson and pkt_validate() make of the same header: the same three
+ * members. */
 static void check_fast(const uint8_t *frame, const struct pkt *p)
 {
     size_t hlen = (size_t)frame[0] << 24 | (size_t)frame[1] << 16 | (size_t)frame[2] << 8 | frame[3];
@@ -48,7 +49,7 @@ static void check_fast(const uint8_t *frame, const struct pkt *p)
     char err[128];
 
     memset(&q, 0, sizeof(q));
-    FUZZ_ASSERT(p->op == OP_DATA);
+    FUZZ_ASSERT(p->op == OP_DATA || p->op == OP_UDP_DATA);
     FUZZ_ASSERT(j && pkt_validate(j, &q, err, sizeof(err)) == 0 && json_object_size(j) == 3);
     FUZZ_ASSERT(q.op == p->op && q.conn == p->conn && q.len == p->len);
     json_decref(j);
@@ -140,7 +141,7 @@ static void check_reencode(json_t *hdr, const struct answer *a)
 
     if (!buf)
         abort();
-    n = hdr ? pkt_encode(hdr, buf, cap) : pkt_encode_data(buf, cap, a->conn, a->len);
+    n = hdr ? pkt_encode(hdr, buf, cap) : pkt_encode_data(buf, cap, a->op, a->conn, a->len);
     if (n > 0) {
         FUZZ_ASSERT((size_t)n <= PKT_FRAME_PREFIX + PKT_MAX_HEADER);
         memset(buf + n, 0x5a, has_payload(a->op) ? a->len : 0);

@@ -163,9 +163,9 @@ static int parse_copy_ok(const unsigned char *buf, size_t n, size_t maxh)
     return r;
 }
 
-/* A frame accepted without Jansson (p->json NULL: a DATA header exactly as
- * pkt_encode_data writes it) is one that Jansson and pkt_validate accept too,
- * with the same fields and no other members. */
+/* A frame accepted without Jansson (p->json NULL: a DATA or UDP_DATA header
+ * exactly as pkt_encode_data writes it) is one that Jansson and pkt_validate
+ * accept too, with the same fields and no other members. */
 static int same_as_jansson(const unsigned char *frame, const struct pkt *p)
 {
     size_t hlen = (size_t)frame[0] << 24 | (size_t)frame[1] << 16 | (size_t)frame[2] << 8 | frame[3];
@@ -176,7 +176,7 @@ static int same_as_jansson(const unsigned char *frame, const struct pkt *p)
     int ok;
 
     memset(&q, 0, sizeof(q));
-    ok = p->op == OP_DATA && j && pkt_validate(j, &q, err, sizeof(err)) == 0 &&
+    ok = (p->op == OP_DATA || p->op == OP_UDP_DATA) && j && pkt_validate(j, &q, err, sizeof(err)) == 0 &&
          json_object_size(j) == 3 && q.op == p->op && q.conn == p->conn && q.len == p->len;
     json_decref(j);
     return ok;
@@ -1539,12 +1539,20 @@ static void test_stream(void)
     free(stream);
 }
 
-/* DATA headers written by pkt_encode_data: the header packet() makes, read
- * back without Jansson; look-alikes go Jansson's way and get its answer. */
+/* DATA and UDP_DATA headers written by pkt_encode_data: the header packet()
+ * makes, read back without Jansson; look-alikes go Jansson's way and get its
+ * answer. */
 static void test_data_fast_path(void)
 {
-    static const uint64_t conns[] = {1, 7, 4294967296ULL, PKT_CONN_ID_MAX};
-    static const size_t lens[] = {1, 21, PKT_MAX_DATA};
+    static const uint64_t ids[] = {1, 7, 4294967296ULL, PKT_CONN_ID_MAX};
+    static const struct {
+        int op;
+        const char *id;
+        size_t lens[3];
+    } forms[] = {
+        {OP_DATA, "conn", {1, 21, PKT_MAX_DATA}},
+        {OP_UDP_DATA, "session", {0, 36, PKT_MAX_DGRAM}},
+    };
     static const struct {
         const char *hdr;
         int rc;
@@ -1553,9 +1561,11 @@ static void test_data_fast_path(void)
         {"{\"op\":7,\"conn\":1,\"len\":5,\"x\":1}", 1},
         {"{\"op\":7, \"conn\":1,\"len\":5}", 1},
         {"{\"conn\":1,\"len\":5,\"op\":7}", 1},
+        {"{\"op\":12,\"session\":1,\"len\":5,\"drops\":{\"oversize\":1}}", 1},
         {"{\"op\":7,\"conn\":01,\"len\":5}", -1},
         {"{\"op\":7,\"conn\":1,\"len\":05}", -1},
         {"{\"op\":7,\"conn\":0,\"len\":5}", -1},
+        {"{\"op\":7,\"conn\":1,\"len\":0}", -1},
         {"{\"op\":7,\"conn\":9007199254740992,\"len\":5}", -1},
         {"{\"op\":7,\"conn\":1,\"len\":262145}", -1},
         {"{\"op\":7,\"conn\":1,\"len\":5}}", -1},
@@ -1563,60 +1573,76 @@ static void test_data_fast_path(void)
         {"{\"op\":7,\"conn\":1,\"len\":}", -1},
         {"{\"op\":7,\"conn\":,\"len\":5}", -1},
         {"{\"op\":7,\"conn\":1,\"len\":5", -1},
+        {"{\"op\":12,\"session\":1,\"len\":00}", -1},
+        {"{\"op\":12,\"session\":0,\"len\":5}", -1},
+        {"{\"op\":12,\"session\":1,\"len\":65536}", -1},
+        {"{\"op\":12,\"conn\":1,\"len\":5}", -1},
+        {"{\"op\":7,\"session\":1,\"len\":5}", -1},
     };
     unsigned char buf[PKT_DATA_HEADER_MAX + 64];
 
-    for (size_t i = 0; i < sizeof(conns) / sizeof(conns[0]); i++) {
-        for (size_t k = 0; k < sizeof(lens) / sizeof(lens[0]); k++) {
-            char want[100];
-            json_t *j = packet(OP_DATA, "{s:I,s:I}", "conn", (json_int_t)conns[i], "len",
-                               (json_int_t)lens[k]);
-            int n = pkt_encode_data(buf, PKT_DATA_HEADER_MAX, conns[i], lens[k]), w;
-            unsigned char *f, *copy = NULL;
-            struct pkt p;
-            size_t flen = 0;
-            char err[200] = "";
+    for (size_t fi = 0; fi < sizeof(forms) / sizeof(forms[0]); fi++) {
+        for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); i++) {
+            for (size_t k = 0; k < 3; k++) {
+                size_t len = forms[fi].lens[k];
+                char want[100];
+                json_t *j = packet(forms[fi].op, "{s:I,s:I}", forms[fi].id, (json_int_t)ids[i],
+                                   "len", (json_int_t)len);
+                int n = pkt_encode_data(buf, PKT_DATA_HEADER_MAX, forms[fi].op, ids[i], len), w;
+                unsigned char *f, *copy = NULL;
+                struct pkt p;
+                size_t flen = 0;
+                char err[200] = "";
 
-            w = snprintf(want, sizeof(want), "{\"op\":7,\"conn\":%llu,\"len\":%zu}",
-                         (unsigned long long)conns[i], lens[k]);
-            CHECK(n == PKT_FRAME_PREFIX + w, "encoded %d bytes, want %d", n, PKT_FRAME_PREFIX + w);
-            if (n != PKT_FRAME_PREFIX + w) {
+                w = snprintf(want, sizeof(want), "{\"op\":%d,\"%s\":%llu,\"len\":%zu}",
+                             forms[fi].op, forms[fi].id, (unsigned long long)ids[i], len);
+                CHECK(n == PKT_FRAME_PREFIX + w, "encoded %d bytes, want %d", n,
+                      PKT_FRAME_PREFIX + w);
+                if (n != PKT_FRAME_PREFIX + w) {
+                    json_decref(j);
+                    continue;
+                }
+                CHECK(memcmp(buf + PKT_FRAME_PREFIX, want, (size_t)w) == 0, "bytes of %s", want);
+                f = malloc((size_t)n + len);
+                if (!f)
+                    abort();
+                memcpy(f, buf, (size_t)n);
+                memset(f + n, 0x3c, len);
+                if (len > 0) {
+                    CHECK(parse_copy(f, (size_t)n + len - 1, PKT_MAX_HEADER, &p, &flen, err,
+                                     sizeof(err), &copy) == 0 && flen == (size_t)n + len,
+                          "one payload byte short of %s: incomplete, %zu needed", want, flen);
+                    pkt_clear(&p);
+                }
+                CHECK(parse_copy(f, (size_t)n + len, PKT_MAX_HEADER_PREAUTH, &p, &flen, err,
+                                 sizeof(err), &copy) == 1,
+                      "parse %s: %s", want, err);
+                CHECK(p.json == NULL && p.op == forms[fi].op && p.conn == ids[i] && p.len == len &&
+                          p.payload == copy + n && flen == (size_t)n + len,
+                      "fields of %s", want);
+                CHECK(same_as_jansson(copy, &p), "Jansson reads %s the same", want);
+                {
+                    json_t *back = json_loadb(want, (size_t)w, 0, NULL);
+                    CHECK(back && json_equal(back, j), "packet() header equals %s", want);
+                    json_decref(back);
+                }
+                pkt_clear(&p);
                 json_decref(j);
-                continue;
+                free(f);
             }
-            CHECK(memcmp(buf + PKT_FRAME_PREFIX, want, (size_t)w) == 0, "bytes of %s", want);
-            f = malloc((size_t)n + lens[k]);
-            if (!f)
-                abort();
-            memcpy(f, buf, (size_t)n);
-            memset(f + n, 0x3c, lens[k]);
-            CHECK(parse_copy(f, (size_t)n + lens[k] - 1, PKT_MAX_HEADER, &p, &flen, err,
-                             sizeof(err), &copy) == 0 && flen == (size_t)n + lens[k],
-                  "one payload byte short of %s: incomplete, %zu needed", want, flen);
-            pkt_clear(&p);
-            CHECK(parse_copy(f, (size_t)n + lens[k], PKT_MAX_HEADER_PREAUTH, &p, &flen, err,
-                             sizeof(err), &copy) == 1,
-                  "parse %s: %s", want, err);
-            CHECK(p.json == NULL && p.op == OP_DATA && p.conn == conns[i] && p.len == lens[k] &&
-                      p.payload == copy + n && flen == (size_t)n + lens[k],
-                  "fields of %s", want);
-            CHECK(same_as_jansson(copy, &p), "Jansson reads %s the same", want);
-            /* The same members as packet() gives. */
-            {
-                json_t *back = json_loadb(want, (size_t)w, 0, NULL);
-                CHECK(back && json_equal(back, j), "packet() header equals %s", want);
-                json_decref(back);
-            }
-            pkt_clear(&p);
-            json_decref(j);
-            free(f);
         }
     }
-    CHECK(pkt_encode_data(buf, sizeof(buf), 0, 1) == -1, "conn 0 refused");
-    CHECK(pkt_encode_data(buf, sizeof(buf), PKT_CONN_ID_MAX + 1, 1) == -1, "conn too big refused");
-    CHECK(pkt_encode_data(buf, sizeof(buf), 1, 0) == -1, "len 0 refused");
-    CHECK(pkt_encode_data(buf, sizeof(buf), 1, PKT_MAX_DATA + 1) == -1, "len too big refused");
-    CHECK(pkt_encode_data(buf, PKT_DATA_HEADER_MAX - 1, 1, 1) == -1, "short buffer refused");
+    CHECK(pkt_encode_data(buf, sizeof(buf), OP_DATA, 0, 1) == -1, "conn 0 refused");
+    CHECK(pkt_encode_data(buf, sizeof(buf), OP_DATA, PKT_CONN_ID_MAX + 1, 1) == -1,
+          "conn too big refused");
+    CHECK(pkt_encode_data(buf, sizeof(buf), OP_DATA, 1, 0) == -1, "DATA len 0 refused");
+    CHECK(pkt_encode_data(buf, sizeof(buf), OP_DATA, 1, PKT_MAX_DATA + 1) == -1,
+          "len too big refused");
+    CHECK(pkt_encode_data(buf, sizeof(buf), OP_UDP_DATA, 1, PKT_MAX_DGRAM + 1) == -1,
+          "datagram too big refused");
+    CHECK(pkt_encode_data(buf, sizeof(buf), OP_ACK, 1, 1) == -1, "other ops refused");
+    CHECK(pkt_encode_data(buf, PKT_DATA_HEADER_MAX - 1, OP_DATA, 1, 1) == -1,
+          "short buffer refused");
     for (size_t i = 0; i < sizeof(like) / sizeof(like[0]); i++) {
         size_t n, flen = 0;
         unsigned char *f = frame_text(like[i].hdr, 5, &n), *copy = NULL;
