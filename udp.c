@@ -478,16 +478,17 @@ static int data_header(struct udp_sess *s, size_t len, int open, unsigned char *
         memcpy(out, tmp, (size_t)n);
         return n;
     }
-    if (open) {
+    if (open)
         o = json_pack("{s:s,s:s,s:i,s:i}", "app", s->app->name, "target_host", s->host,
                       "target_port", s->port, "idle", (int)s->idle_s);
-        if (!o)
-            return -1;
-    }
-    h = packet(OP_UDP_DATA, "{s:I,s:I,s:o*,s:o*}", "session", (json_int_t)s->id, "len",
-               (json_int_t)len, "open", o, "drops", drops_json(drops));
+    h = open && !o ? NULL
+                   : packet(OP_UDP_DATA, "{s:I,s:I,s:o*,s:o*}", "session", (json_int_t)s->id,
+                            "len", (json_int_t)len, "open", o, "drops", drops_json(drops));
     n = h ? pkt_encode(h, out, cap) : -1;
     json_decref(h);
+    if (n < 0) /* the drops are told with a later datagram */
+        for (int i = 0; i < 3; i++)
+            atomic_fetch_add(&s->rep[i], drops[i]);
     return n;
 }
 
