@@ -122,11 +122,10 @@ static const struct data_form *data_form_of(int op)
 int pkt_encode_data(unsigned char *out, size_t cap, int op, uint64_t id, size_t len)
 {
     const struct data_form *f = data_form_of(op);
-    unsigned char *h = out + PKT_FRAME_PREFIX;
+    unsigned char h[PKT_DATA_HEADER_MAX - PKT_FRAME_PREFIX];
     size_t n;
 
-    if (!f || cap < PKT_DATA_HEADER_MAX || id < 1 || id > PKT_CONN_ID_MAX || len < f->len_min ||
-        len > f->len_max)
+    if (!f || id < 1 || id > PKT_CONN_ID_MAX || len < f->len_min || len > f->len_max)
         return -1;
     n = strlen(f->head);
     memcpy(h, f->head, n);
@@ -135,10 +134,13 @@ int pkt_encode_data(unsigned char *out, size_t cap, int op, uint64_t id, size_t 
     n += sizeof(data_mid) - 1;
     n += put_decimal(h + n, len);
     h[n++] = '}';
+    if (cap < PKT_FRAME_PREFIX + n)
+        return -1;
     out[0] = 0;
     out[1] = 0;
     out[2] = (unsigned char)(n >> 8);
     out[3] = (unsigned char)n;
+    memcpy(out + PKT_FRAME_PREFIX, h, n);
     return (int)(n + PKT_FRAME_PREFIX);
 }
 

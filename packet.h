@@ -70,8 +70,9 @@ int pkt_encode(const json_t *hdr, unsigned char *out, size_t cap);
  * straight into out (prefix included) without building a JSON object:
  * {"op":7,"conn":ID,"len":LEN} or {"op":12,"session":ID,"len":LEN}, the
  * header packet() makes, in the member order pkt_parse_frame recognises
- * without Jansson. Returns the bytes written, or -1 for another op, an id or
- * len out of range, or cap less than PKT_DATA_HEADER_MAX. */
+ * without Jansson. Returns the bytes written (at most PKT_DATA_HEADER_MAX),
+ * or -1 for another op, an id or len out of range, or when it does not fit in
+ * cap (nothing written). */
 #define PKT_DATA_HEADER_MAX (PKT_FRAME_PREFIX + 60)
 int pkt_encode_data(unsigned char *out, size_t cap, int op, uint64_t id, size_t len);
 

@@ -1986,30 +1986,33 @@ int tunnel_start_heartbeat(struct tunnel *t)
 
 /* ----------------------------------------------------------------- relay */
 
-/* Send a frame of c's: 0 when sent, or when the link is down but the session
- * will resume (the frame is then replayed if the peer lacks it); -1 when c
- * cannot go on. */
-static int conn_send(struct conn *c, json_t *hdr, unsigned char *payload, size_t len,
-                     size_t headroom)
+/* What a send of c's frame that returned rc means for c: 0 when sent, or
+ * when the link is down but the session will resume (the frame is then
+ * replayed if the peer lacks it); -1 when c cannot go on. */
+static int conn_sent(struct conn *c, int rc)
 {
     struct tunnel *t = c->t;
 
-    if (tunnel_send_ex(t, hdr, payload, len, headroom) == 0)
-        return 0;
-    return !t->dead && c->resumable && tunnel_resumable(t) ? 0 : -1;
+    return rc == 0 || (!t->dead && c->resumable && tunnel_resumable(t)) ? 0 : -1;
+}
+
+/* Send a frame of c's; returns as conn_sent. */
+static int conn_send(struct conn *c, json_t *hdr, unsigned char *payload, size_t len,
+                     size_t headroom)
+{
+    return conn_sent(c, tunnel_send_ex(c->t, hdr, payload, len, headroom));
 }
 
 /* conn_send of DATA: its header is written without a JSON object (the one
  * frame sent for every read of a connection). */
 static int conn_send_data(struct conn *c, unsigned char *payload, size_t len, size_t headroom)
 {
-    struct tunnel *t = c->t;
     unsigned char hdr[PKT_DATA_HEADER_MAX];
     int n = pkt_encode_data(hdr, sizeof(hdr), OP_DATA, c->id, len);
 
-    if (n > 0 && send_encoded(t, hdr, (size_t)n, payload, len, headroom) == 0)
-        return 0;
-    return n > 0 && !t->dead && c->resumable && tunnel_resumable(t) ? 0 : -1;
+    if (n < 0)
+        return -1;
+    return conn_sent(c, send_encoded(c->t, hdr, (size_t)n, payload, len, headroom));
 }
 
 /* Keep data (the bytes just sent as DATA, from stream offset start) until the

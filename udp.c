@@ -468,16 +468,8 @@ static int data_header(struct udp_sess *s, size_t len, int open, unsigned char *
     if (!s->u->is_public)
         for (int i = 0; i < 3; i++)
             drops[i] = atomic_exchange(&s->rep[i], 0);
-    if (!open && !drops[0] && !drops[1] && !drops[2]) {
-        unsigned char tmp[PKT_DATA_HEADER_MAX];
-        if (cap >= sizeof(tmp))
-            return pkt_encode_data(out, cap, OP_UDP_DATA, s->id, len);
-        n = pkt_encode_data(tmp, sizeof(tmp), OP_UDP_DATA, s->id, len);
-        if (n < 0 || (size_t)n > cap)
-            return -1;
-        memcpy(out, tmp, (size_t)n);
-        return n;
-    }
+    if (!open && !drops[0] && !drops[1] && !drops[2])
+        return pkt_encode_data(out, cap, OP_UDP_DATA, s->id, len);
     if (open)
         o = json_pack("{s:s,s:s,s:i,s:i}", "app", s->app->name, "target_host", s->host,
                       "target_port", s->port, "idle", (int)s->idle_s);

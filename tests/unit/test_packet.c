@@ -1641,8 +1641,19 @@ static void test_data_fast_path(void)
     CHECK(pkt_encode_data(buf, sizeof(buf), OP_UDP_DATA, 1, PKT_MAX_DGRAM + 1) == -1,
           "datagram too big refused");
     CHECK(pkt_encode_data(buf, sizeof(buf), OP_ACK, 1, 1) == -1, "other ops refused");
-    CHECK(pkt_encode_data(buf, PKT_DATA_HEADER_MAX - 1, OP_DATA, 1, 1) == -1,
-          "short buffer refused");
+    {
+        int need = PKT_FRAME_PREFIX + (int)strlen("{\"op\":7,\"conn\":1,\"len\":1}");
+        memset(buf, 0x77, sizeof(buf));
+        CHECK(pkt_encode_data(buf, (size_t)need - 1, OP_DATA, 1, 1) == -1 && buf[0] == 0x77,
+              "short buffer refused, nothing written");
+        CHECK(pkt_encode_data(buf, (size_t)need, OP_DATA, 1, 1) == need, "exact fit");
+        CHECK(pkt_encode_data(buf, sizeof(buf), OP_DATA, PKT_CONN_ID_MAX, PKT_MAX_DATA) <=
+                  PKT_DATA_HEADER_MAX,
+              "the longest DATA header fits PKT_DATA_HEADER_MAX");
+        CHECK(pkt_encode_data(buf, sizeof(buf), OP_UDP_DATA, PKT_CONN_ID_MAX, PKT_MAX_DGRAM) <=
+                  PKT_DATA_HEADER_MAX,
+              "the longest UDP_DATA header fits PKT_DATA_HEADER_MAX");
+    }
     for (size_t i = 0; i < sizeof(like) / sizeof(like[0]); i++) {
         size_t n, flen = 0;
         unsigned char *f = frame_text(like[i].hdr, 5, &n), *copy = NULL;
