@@ -115,8 +115,8 @@ int tls_normalize_fingerprint(const char *in, char out[TLS_FP_LEN])
 
 static int ctx_common(SSL_CTX *ctx)
 {
-    /* Read ahead: take whatever the socket has in one read instead of two
-     * reads (header, body) per 16 KiB record. */
+    /* Read ahead during the handshake: take whatever the socket has in one
+     * read. After it tls_io.c feeds OpenSSL from its own buffer instead. */
     SSL_CTX_set_read_ahead(ctx, 1);
     SSL_CTX_set_default_read_buffer_len(ctx, 128 * 1024);
     /* Kernel TLS where the kernel has it (OpenSSL falls back by itself);

@@ -17,8 +17,17 @@
  *   so OpenSSL never has a half-written record of ours pending (no retry
  *   rules to keep), and a record made while reading (an alert) simply joins
  *   the queue in order.
- * - Reads go through OpenSSL's socket BIO with read-ahead: one recv() takes
- *   many records.
+ * - Reads come from our own buffer too (a read BIO over io->in): the reader
+ *   fills it with one recv() of up to IN_CAP bytes, without io->lock (so the
+ *   writers never wait for a reader that waits for the network), and OpenSSL
+ *   then takes each record from it without read-ahead. (With read-ahead,
+ *   OpenSSL 3.0 moves the unread rest of its buffer to the front before every
+ *   record, which for a full buffer copies it several times over.) Only the
+ *   reader calls SSL_read and recv() into io->in, and only when OpenSSL has
+ *   taken everything in it; the read BIO answers "retry" while it is empty.
+ * - Without kernel TLS the socket is blocking (writes use MSG_DONTWAIT) and the
+ *   reader's recv() waits at most TLS_IO_WAIT_MS (SO_RCVTIMEO); with it the
+ *   socket is non-blocking and the reader polls that long first.
  * - With kernel TLS for sending, records are the kernel's work: OpenSSL
  *   writes through its own socket BIO, and a write the socket cannot take
  *   stays pending inside OpenSSL, to be retried with the same bytes
@@ -31,11 +40,13 @@
 
 #include <errno.h>
 #include <openssl/err.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 
 #include "netio.h"
 #include "packet.h"
@@ -43,6 +54,8 @@
 /* One frame's records (PKT_MAX_FRAME of plaintext: at most 22 bytes of
  * overhead per 16 KiB record) plus room for alerts and a KeyUpdate. */
 #define OUT_CAP (PKT_MAX_FRAME + 64 * 1024)
+/* Received bytes not yet taken by OpenSSL: what one recv() may bring. */
+#define IN_CAP (128 * 1024)
 
 struct tls_io {
     SSL *ssl;
@@ -51,6 +64,9 @@ struct tls_io {
     unsigned char *out;         /* staged records: out[off..len) not yet sent */
     size_t out_len, out_off;
     int sending;                /* a send() of out[off..) runs without the lock */
+    unsigned char *in;          /* received: in[off..len) not yet taken by OpenSSL */
+    size_t in_len, in_off;
+    int in_eof;                 /* the socket's stream has ended */
     unsigned nodata;            /* records received since the last data */
     int direct;                 /* OpenSSL writes to the socket itself (kernel TLS) */
     int ktls_tx;                /* ... and the kernel makes the records */
@@ -61,10 +77,10 @@ struct tls_io {
     char err[200];
 };
 
-/* --------------------------------------------------------- the write BIO */
+/* ------------------------------------------------------------- the BIOs */
 
-static BIO_METHOD *out_method;
-static pthread_once_t out_once = PTHREAD_ONCE_INIT;
+static BIO_METHOD *out_method, *in_method;
+static pthread_once_t methods_once = PTHREAD_ONCE_INIT;
 
 static int out_write(BIO *b, const char *data, size_t len, size_t *written)
 {
@@ -100,22 +116,66 @@ static long out_ctrl(BIO *b, int cmd, long num, void *ptr)
     }
 }
 
-static int out_create(BIO *b)
+/* The read BIO: what the reader received, record by record to OpenSSL. */
+static int in_read(BIO *b, char *data, size_t len, size_t *readbytes)
+{
+    struct tls_io *io = BIO_get_data(b);
+    size_t n = io->in_len - io->in_off;
+
+    BIO_clear_retry_flags(b);
+    *readbytes = 0;
+    if (n == 0) {
+        if (!io->in_eof)
+            BIO_set_retry_read(b); /* the reader receives more, then calls again */
+        return 0;
+    }
+    if (n > len)
+        n = len;
+    memcpy(data, io->in + io->in_off, n);
+    io->in_off += n;
+    *readbytes = n;
+    return 1;
+}
+
+static long in_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    struct tls_io *io = BIO_get_data(b);
+
+    (void)num;
+    (void)ptr;
+    switch (cmd) {
+    case BIO_CTRL_EOF: /* asked when a read gave nothing and no retry */
+        return io && io->in_eof && io->in_off == io->in_len;
+    case BIO_CTRL_PENDING:
+        return io ? (long)(io->in_len - io->in_off) : 0;
+    case BIO_CTRL_FLUSH:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+static int bio_create(BIO *b)
 {
     BIO_set_init(b, 1);
     return 1;
 }
 
-static void out_method_init(void)
+static void methods_init(void)
 {
-    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "tunnel-out");
+    BIO_METHOD *o = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "tunnel-out");
+    BIO_METHOD *i = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "tunnel-in");
 
-    if (m && BIO_meth_set_write_ex(m, out_write) == 1 && BIO_meth_set_ctrl(m, out_ctrl) == 1 &&
-        BIO_meth_set_create(m, out_create) == 1) {
-        out_method = m;
+    if (o && i && BIO_meth_set_write_ex(o, out_write) == 1 &&
+        BIO_meth_set_ctrl(o, out_ctrl) == 1 && BIO_meth_set_create(o, bio_create) == 1 &&
+        BIO_meth_set_read_ex(i, in_read) == 1 && BIO_meth_set_ctrl(i, in_ctrl) == 1 &&
+        BIO_meth_set_create(i, bio_create) == 1) {
+        out_method = o;
+        in_method = i;
         return;
     }
-    BIO_meth_free(m);
+    BIO_meth_free(o);
+    BIO_meth_free(i);
 }
 
 /* ------------------------------------------------------ record counting */
@@ -137,12 +197,14 @@ static void on_message(int write_p, int version, int content_type, const void *b
 
 struct tls_io *tls_io_new(SSL *ssl, int fd, char *err, size_t errlen)
 {
+    struct timeval tv = {.tv_sec = TLS_IO_WAIT_MS / 1000,
+                         .tv_usec = TLS_IO_WAIT_MS % 1000 * 1000};
     struct tls_io *io = NULL;
-    BIO *b = NULL;
+    BIO *b = NULL, *in = NULL;
 
-    pthread_once(&out_once, out_method_init);
-    if (!out_method) {
-        snprintf(err, errlen, "cannot set up the TLS write buffer");
+    pthread_once(&methods_once, methods_init);
+    if (!out_method || !in_method) {
+        snprintf(err, errlen, "cannot set up the TLS buffers");
         return NULL;
     }
     io = calloc(1, sizeof(*io));
@@ -153,12 +215,15 @@ struct tls_io *tls_io_new(SSL *ssl, int fd, char *err, size_t errlen)
     io->ktls_tx = BIO_get_ktls_send(SSL_get_wbio(ssl)) == 1;
     io->direct = io->ktls_tx || (getenv("PROXY_TLS_DIRECT_WRITES") &&
                                  strcmp(getenv("PROXY_TLS_DIRECT_WRITES"), "1") == 0);
-    if (!io->direct && (!(io->out = malloc(OUT_CAP)) || !(b = BIO_new(out_method)))) {
+    if (!(io->in = malloc(IN_CAP)) || !(in = BIO_new(in_method)) ||
+        (!io->direct && (!(io->out = malloc(OUT_CAP)) || !(b = BIO_new(out_method))))) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
-    if (net_set_nonblock(fd, 1) != 0) {
-        snprintf(err, errlen, "cannot make the tunnel socket non-blocking");
+    /* Direct writes go through OpenSSL's socket BIO, which must not block. */
+    if (net_set_nonblock(fd, io->direct) != 0 ||
+        (!io->direct && setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) != 0)) {
+        snprintf(err, errlen, "cannot set up the tunnel socket: %s", strerror(errno));
         goto fail;
     }
     io->ssl = ssl;
@@ -168,16 +233,27 @@ struct tls_io *tls_io_new(SSL *ssl, int fd, char *err, size_t errlen)
         SSL_set_mode(ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     } else {
         BIO_set_data(b, io);
-        /* The socket BIO made by SSL_set_fd stays the read BIO. */
         SSL_set0_wbio(ssl, b);
     }
+    /* Bytes the handshake read ahead stay in OpenSSL's buffer and come first.
+     * From now on OpenSSL reads each record exactly, from io->in; its buffer
+     * no longer needs the handshake's read-ahead size (freed when empty, and
+     * made again at the smallest size). */
+    BIO_set_data(in, io);
+    SSL_set0_rbio(ssl, in);
+    SSL_set_read_ahead(ssl, 0);
+    SSL_set_default_read_buffer_len(ssl, 0);
+    (void)SSL_free_buffers(ssl);
     SSL_set_msg_callback(ssl, on_message);
     SSL_set_msg_callback_arg(ssl, io);
     return io;
 fail:
     BIO_free(b);
-    if (io)
+    BIO_free(in);
+    if (io) {
         free(io->out);
+        free(io->in);
+    }
     free(io);
     return NULL;
 }
@@ -191,6 +267,9 @@ void tls_io_free(struct tls_io *io)
     if (io->out)
         OPENSSL_cleanse(io->out, OUT_CAP); /* records only, but nothing lingers */
     free(io->out);
+    if (io->in)
+        OPENSSL_cleanse(io->in, IN_CAP);
+    free(io->in);
     free(io);
 }
 
@@ -237,31 +316,73 @@ static void fail_locked(struct tls_io *io, int sslerr)
     ERR_clear_error();
 }
 
+/* Under io->lock, by the reader when OpenSSL has taken all of io->in: wait
+ * for the socket (at most TLS_IO_WAIT_MS) and receive into io->in, without the
+ * lock. 1 received (or the stream ended: io->in_eof), 0 nothing in time (errno
+ * EAGAIN), -1 the socket's error (errno, io->err). */
+static int receive_locked(struct tls_io *io)
+{
+    ssize_t n;
+    int e;
+
+    pthread_mutex_unlock(&io->lock);
+    if (io->direct) {
+        struct pollfd pfd = {.fd = io->fd, .events = POLLIN};
+        (void)poll(&pfd, 1, TLS_IO_WAIT_MS);
+    }
+    n = recv(io->fd, io->in, IN_CAP, 0);
+    e = errno;
+    pthread_mutex_lock(&io->lock);
+    if (n >= 0) {
+        io->in_off = 0;
+        io->in_len = (size_t)n;
+        io->in_eof = n == 0;
+        return 1;
+    }
+    errno = e;
+    if (e == EAGAIN || e == EWOULDBLOCK || e == EINTR) {
+        errno = EAGAIN;
+        return 0;
+    }
+    snprintf(io->err, sizeof(io->err), "%s", strerror(e));
+    return -1;
+}
+
 ssize_t tls_io_read(struct tls_io *io, void *buf, size_t len)
 {
     size_t n = 0;
     ssize_t rc = -1;
-    int r, e = 0;
+    int r, e = 0, received = 0;
 
     pthread_mutex_lock(&io->lock);
-    ERR_clear_error();
-    errno = 0;
-    r = SSL_read_ex(io->ssl, buf, len, &n);
-    /* The count includes the record that brought the data, if any. */
-    if (io->nodata > TLS_IO_MAX_NODATA + (r == 1)) {
-        snprintf(io->err, sizeof(io->err), "more than %d TLS records in a row without data",
-                 TLS_IO_MAX_NODATA);
-        io->fatal = 1;
+    for (;;) {
         ERR_clear_error();
-        errno = EPROTO;
-        goto out;
+        errno = 0;
+        r = SSL_read_ex(io->ssl, buf, len, &n);
+        /* The count includes the record that brought the data, if any. */
+        if (io->nodata > TLS_IO_MAX_NODATA + (r == 1)) {
+            snprintf(io->err, sizeof(io->err), "more than %d TLS records in a row without data",
+                     TLS_IO_MAX_NODATA);
+            io->fatal = 1;
+            ERR_clear_error();
+            errno = EPROTO;
+            goto out;
+        }
+        if (r == 1) {
+            io->nodata = 0;
+            rc = (ssize_t)n;
+            goto out;
+        }
+        e = SSL_get_error(io->ssl, r);
+        /* One recv() a call: the caller looks at its deadline in between. */
+        if (e == SSL_ERROR_WANT_READ && !received && io->in_off == io->in_len && !io->in_eof) {
+            received = 1;
+            if (receive_locked(io) == 1)
+                continue;
+            goto out;
+        }
+        break;
     }
-    if (r == 1) {
-        io->nodata = 0;
-        rc = (ssize_t)n;
-        goto out;
-    }
-    e = SSL_get_error(io->ssl, r);
     if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
         errno = EAGAIN;
     } else if (e == SSL_ERROR_ZERO_RETURN) {
@@ -284,16 +405,6 @@ int tls_io_read_failed(struct tls_io *io)
     r = io->read_failed;
     pthread_mutex_unlock(&io->lock);
     return r;
-}
-
-int tls_io_has_pending(struct tls_io *io)
-{
-    int p;
-
-    pthread_mutex_lock(&io->lock);
-    p = SSL_has_pending(io->ssl);
-    pthread_mutex_unlock(&io->lock);
-    return p;
 }
 
 /* Under io->lock, direct writes: go on with io->pend until it is all written

@@ -6,11 +6,13 @@
  *
  * One mutex guards the SSL object, so it is never used by two threads at once
  * (openssl-threads(7)), and nobody ever waits for the network while holding
- * it: the socket is non-blocking, SSL_write's records are gathered in a
- * staging buffer of ours (a BIO that never says "retry"), and whatever the
- * socket does not take at once stays there until tls_io_flush() sends it.
- * So the reader can always decrypt what arrives while a writer waits for room
- * on the socket, and the records of one frame leave in one send().
+ * it: sends never block, SSL_write's records are gathered in a staging buffer
+ * of ours (a BIO that never says "retry"), and whatever the socket does not
+ * take at once stays there until tls_io_flush() sends it; the reader receives
+ * into a buffer of ours without the mutex and lets OpenSSL take the records
+ * from there. So the reader can always decrypt what arrives while a writer
+ * waits for room on the socket, a writer never waits for a reader that waits
+ * for the network, and the records of one frame leave in one send().
  *
  * A peer may not keep the reader busy with records that carry no data: after
  * TLS_IO_MAX_NODATA records in a row without application data (empty records,
@@ -21,24 +23,28 @@
 #include <sys/types.h>
 
 #define TLS_IO_MAX_NODATA 32
+/* Longest a read waits for the socket before it says EAGAIN. */
+#define TLS_IO_WAIT_MS 1000
 
 struct tls_io;
 
 /* Take over ssl, whose handshake on fd has completed (tls_handshake). fd is
- * made non-blocking. On failure (NULL, reason in err) ssl stays the caller's. */
+ * made blocking with a receive timeout of TLS_IO_WAIT_MS (non-blocking with
+ * kernel TLS, whose writes must not block). On failure (NULL, reason in err)
+ * ssl stays the caller's. */
 struct tls_io *tls_io_new(SSL *ssl, int fd, char *err, size_t errlen);
 /* Frees the SSL object too; the socket stays the caller's. */
 void tls_io_free(struct tls_io *io);
 
-/* Reader: plaintext into buf. >0 bytes; 0 at the peer's close_notify; -1 with
- * errno EAGAIN (nothing complete yet: wait for POLLIN), EPIPE (the stream
+/* Reader (one thread): plaintext into buf, waiting at most about
+ * TLS_IO_WAIT_MS for the socket (one receive a call). >0 bytes; 0 at the
+ * peer's close_notify; -1 with errno EAGAIN (nothing complete yet: call
+ * again), EPIPE (the stream
  * ended without close_notify), EPROTO (a malformed, forged or refused record;
  * too many records without data), EBADMSG (the peer sent an alert), or the
  * socket's own error (ECONNRESET, ETIMEDOUT, ...). tls_io_error() then says
  * which in words. */
 ssize_t tls_io_read(struct tls_io *io, void *buf, size_t len);
-/* Whether OpenSSL holds received bytes not yet returned (read before polling). */
-int tls_io_has_pending(struct tls_io *io);
 
 /* Writer (callers serialise their frames): encrypt buf[0..len) into records and
  * send what the socket takes now. 1 all sent, 0 some left (wait for POLLOUT,

@@ -197,7 +197,6 @@ struct tunnel_link {
     struct tls_io *tls;         /* NULL in plaintext mode */
     unsigned char *rbuf;
     size_t rstart, rend;
-    int rwait;                  /* TLS has nothing more until the socket is readable */
     char addr[64];
 };
 
@@ -327,9 +326,9 @@ static int link_init(struct tunnel_link *l, int fd, SSL *ssl, const char *addr)
     }
     l->fd = fd;
     snprintf(l->addr, sizeof(l->addr), "%s", addr ? addr : "");
-    /* Plaintext: the reader wakes every second to check its deadlines; a
-     * writer that makes no progress for SEND_TIMEOUT_S gives up on the link.
-     * (With TLS the socket is non-blocking and both wait in poll().) */
+    /* The reader wakes every second to check its deadlines (TLS: the same,
+     * set by tls_io_new); a plaintext writer that makes no progress for
+     * SEND_TIMEOUT_S gives up on the link (TLS writers wait in poll()). */
     (void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &stv, sizeof(stv));
     (void)setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof(user_timeout));
@@ -1271,20 +1270,7 @@ static ssize_t tunnel_fill(struct tunnel *t, uint64_t deadline_ms, unsigned idle
             return -1;
         }
         if (l->tls) {
-            /* Wait for the socket only after OpenSSL said it has nothing
-             * more: it may hold several records from one read. */
-            if (l->rwait) {
-                struct pollfd pfd = {.fd = l->fd, .events = POLLIN};
-                uint64_t wait = deadline_ms - now;
-                if (poll(&pfd, 1, wait > 1000 ? 1000 : (int)wait) <= 0)
-                    continue;
-                l->rwait = 0;
-            }
-            n = tls_io_read(l->tls, dst, room);
-            /* Nothing left inside OpenSSL: wait for the socket before the
-             * next SSL_read, instead of a read that finds nothing (under
-             * the TLS lock, which the writers then wait for). */
-            l->rwait = n > 0 ? !tls_io_has_pending(l->tls) : n < 0 && errno == EAGAIN;
+            n = tls_io_read(l->tls, dst, room); /* waits at most TLS_IO_WAIT_MS */
         } else {
             n = recv(l->fd, dst, room, 0); /* SO_RCVTIMEO: at most a second */
         }

@@ -1725,6 +1725,7 @@ static const struct {
     {"tls_io_interop_direct", test_tls_io_interop_direct},
     {"tls_io_records_without_data", test_tls_io_records_without_data},
     {"tls_io_cut_without_close_notify", test_tls_io_cut_without_close_notify},
+    {"tls_io_reader_waits_alone", test_tls_io_reader_waits_alone},
     {"json_depth", test_json_depth},
     {"ratelimit_groups", test_ratelimit_groups},
     {"ratelimit_shared_budgets", test_ratelimit_shared_budgets},

@@ -7,7 +7,8 @@
  * Covered: frames larger than the socket buffer while the peer reads slowly
  * (writes that must wait and resume), data both ways byte-exact, KeyUpdate
  * requests answered, close_notify both ways, a stream cut without
- * close_notify, and records without data refused after TLS_IO_MAX_NODATA. */
+ * close_notify, records without data refused after TLS_IO_MAX_NODATA, and a
+ * reader waiting for the network never holding up a writer. */
 
 #include "unit.h"
 
@@ -15,6 +16,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <poll.h>
+#include <stdatomic.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -124,7 +126,8 @@ static int io_write_all(struct tls_io *io, int fd, const unsigned char *buf, siz
     return r > 0 ? 0 : -1;
 }
 
-/* Read exactly len bytes through io (non-blocking socket, poll between). */
+/* Read exactly len bytes through io (each read waits up to TLS_IO_WAIT_MS;
+ * poll between, as the direct-write mode's socket is non-blocking). */
 static int io_read_exact(struct tls_io *io, int fd, unsigned char *buf, size_t len)
 {
     size_t got = 0;
@@ -369,4 +372,82 @@ void test_tls_io_cut_without_close_notify(void)
     CHECK(strstr(tls_io_error(io, err, sizeof(err)), "close_notify") != NULL, "reason: %s", err);
 out:
     pair_close(&p, io);
+}
+
+struct reader_job {
+    struct tls_io *io;
+    atomic_int entered, returned;
+    ssize_t r;
+    unsigned char b;
+};
+
+static void *reader_main(void *arg)
+{
+    struct reader_job *j = arg;
+
+    atomic_store(&j->entered, 1);
+    j->r = tls_io_read(j->io, &j->b, 1);
+    atomic_store(&j->returned, 1);
+    return NULL;
+}
+
+/* While the reader waits for the quiet socket (up to TLS_IO_WAIT_MS), a
+ * writer's frame goes out at once: it must not wait for the reader's wait. */
+static void run_reader_waits(int direct)
+{
+    struct pair p;
+    struct tls_io *io = NULL;
+    struct reader_job job;
+    pthread_t th;
+    unsigned char frame[1024], got[sizeof(frame)];
+    char err[200];
+    int started = 0, returned_before;
+    size_t n = 0;
+
+    memset(frame, 'w', sizeof(frame));
+    if (direct)
+        setenv("PROXY_TLS_DIRECT_WRITES", "1", 1);
+    else
+        unsetenv("PROXY_TLS_DIRECT_WRITES");
+    if (pair_open(&p) != 0) {
+        CHECK(0, "handshake failed");
+        goto out;
+    }
+    io = tls_io_new(p.srv, p.sfd, err, sizeof(err));
+    CHECK(io != NULL, "tls_io_new: %s", err);
+    if (!io)
+        goto out;
+    memset(&job, 0, sizeof(job));
+    job.io = io;
+    started = pthread_create(&th, NULL, reader_main, &job) == 0;
+    CHECK(started, "thread");
+    if (!started)
+        goto out;
+    while (!atomic_load(&job.entered))
+        usleep(1000);
+    usleep(50 * 1000); /* inside its wait by now */
+    CHECK(tls_io_write(io, frame, sizeof(frame)) == 1, "write: %s",
+          tls_io_error(io, err, sizeof(err)));
+    returned_before = atomic_load(&job.returned);
+    CHECK(!returned_before, "the reader's wait ended before the write could go (r=%zd)", job.r);
+    CHECK(SSL_read_ex(p.cli, got, sizeof(got), &n) == 1 && n == sizeof(got) &&
+              memcmp(got, frame, n) == 0,
+          "the peer did not get the frame");
+    CHECK(SSL_write(p.cli, "r", 1) == 1, "peer write");
+    pthread_join(th, NULL);
+    /* The byte may come with this call or, after its wait ended, the next. */
+    if (job.r < 0 && errno == EAGAIN)
+        for (int tries = 0; tries < 10 && job.r < 0; tries++)
+            job.r = tls_io_read(io, &job.b, 1);
+    CHECK(job.r == 1 && job.b == 'r', "the reader did not get the peer's byte (r=%zd: %s)", job.r,
+          tls_io_error(io, err, sizeof(err)));
+out:
+    ERR_clear_error();
+    pair_close(&p, io);
+}
+
+void test_tls_io_reader_waits_alone(void)
+{
+    run_reader_waits(0);
+    run_reader_waits(1);
 }

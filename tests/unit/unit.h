@@ -58,6 +58,7 @@ void test_tls_io_interop(void);
 void test_tls_io_interop_direct(void);
 void test_tls_io_records_without_data(void);
 void test_tls_io_cut_without_close_notify(void);
+void test_tls_io_reader_waits_alone(void);
 void test_json_depth(void);
 void test_ratelimit_groups(void);
 void test_ratelimit_shared_budgets(void);
