@@ -124,7 +124,7 @@ END {
     print ""
     print "Ratios: the figure divided by the same figure of `ssh -R` / of the direct path (for"
     print "µs, KiB and CPU seconds lower is better). CPU is utime+stime from /proc/PID/stat of the"
-    print "relay processes (sshd and all its children for ssh -R), over all the bulk transfers."
+    print "relay processes (sshd and all its children for ssh -R) while the iperf3 TCP transfers ran."
     print "RSS is the VmRSS growth of each side while the connections are held, divided by the"
     print "number held."
     print ""

@@ -258,19 +258,33 @@ udp_get() { eval "ueport=\${UEPORT_$1:-} usport=\${USPORT_$1:-}"; }
 cpu_of() { "$TB" pstat "$@" | cut -d' ' -f1; }
 rss_of() { "$TB" pstat "$@" | cut -d' ' -f2; }
 
+# cpu_add VAR BEFORE PID...: adds to $VAR the CPU seconds the PIDs used since
+# they had used BEFORE.
+cpu_add() {
+    v=$1 b=$2
+    shift 2
+    eval "cur=\${$v:-0}"
+    eval "$v=$(echo "$cur $b $(cpu_of "$@")" | awk '{ printf "%.3f", $1 + $3 - $2 }')"
+}
+
 # bulk PATH DIR: one iperf3 run (DIR up = client→app, down = app→client);
-# adds the bytes moved to BYTES_PATH.
+# adds the bytes moved to BYTES_PATH and the relays' CPU during it to
+# CPU_PUB_PATH / CPU_PRIV_PATH.
 bulk() {
     path=$1 dir=$2
     path_get "$path"
-    flag=""
+    flag="" cpub=0 cpriv=0
     [ "$dir" = down ] && flag=-R
+    [ -n "$pub" ] && cpub=$(cpu_of $pub)
+    [ -n "$priv" ] && cpriv=$(cpu_of $priv)
     timeout $((BULK_SECONDS + 30)) iperf3 -c 127.0.0.1 -p "$iport" -t "$BULK_SECONDS" $flag -J \
         >"$LOGDIR/$path-iperf-$dir.json" 2>&1
     set -- $(iperf_parse "$LOGDIR/$path-iperf-$dir.json")
     if [ $# = 2 ]; then
         rec "$path" "bulk_$dir" "$2"
         eval "BYTES_$path=\$((BYTES_$path + $1))"
+        [ -n "$pub" ] && cpu_add "CPU_PUB_$path" "$cpub" $pub
+        [ -n "$priv" ] && cpu_add "CPU_PRIV_$path" "$cpriv" $priv
         log "$path: bulk $dir $2 Mbit/s"
     else
         note "$path: iperf3 $dir failed: $(grep '"error"' "$LOGDIR/$path-iperf-$dir.json" | head -1 | tr -s ' \t' ' ')"
@@ -738,9 +752,7 @@ log "paths up:$ACTIVE"
 
 for p in $ACTIVE; do
     path_get "$p"
-    eval "BYTES_$p=0"
-    [ -n "$pub" ] && eval "CPU0_PUB_$p=\$(cpu_of \$pub)"
-    [ -n "$priv" ] && eval "CPU0_PRIV_$p=\$(cpu_of \$priv)"
+    eval "BYTES_$p=0 CPU_PUB_$p=0 CPU_PRIV_$p=0"
     # cluster3: each node's and HAProxy's own CPU, to see the work spread.
     if [ "$p" = cluster3 ]; then
         for q in $pub; do eval "CPU0_ONE_$q=\$(cpu_of $q)"; done
@@ -792,19 +804,13 @@ for f in "$TMP"/v.*; do
     put "$key" "$(sort -n "$f" | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }')"
     put "$key.rounds" "$(tr '\n' ' ' <"$f" | sed 's/ $//')"
 done
-# CPU per GiB: each path's relays only work during that path's transfers.
+# CPU per GiB: the relays' CPU during the path's bulk transfers only.
 for p in $ACTIVE; do
     path_get "$p"
-    eval "bytes=\$BYTES_$p"
+    eval "bytes=\$BYTES_$p cpub=\$CPU_PUB_$p cpriv=\$CPU_PRIV_$p"
     [ "$bytes" -gt 0 ] || continue
-    if [ -n "$pub" ]; then
-        eval "c0=\$CPU0_PUB_$p"
-        put "$p.cpu_pub" "$(echo "$c0 $(cpu_of $pub) $bytes" | awk '{ printf "%.3f", ($2 - $1) / ($3 / 1073741824) }')"
-    fi
-    if [ -n "$priv" ]; then
-        eval "c0=\$CPU0_PRIV_$p"
-        put "$p.cpu_priv" "$(echo "$c0 $(cpu_of $priv) $bytes" | awk '{ printf "%.3f", ($2 - $1) / ($3 / 1073741824) }')"
-    fi
+    [ -n "$pub" ] && put "$p.cpu_pub" "$(echo "$cpub $bytes" | awk '{ printf "%.3f", $1 / ($2 / 1073741824) }')"
+    [ -n "$priv" ] && put "$p.cpu_priv" "$(echo "$cpriv $bytes" | awk '{ printf "%.3f", $1 / ($2 / 1073741824) }')"
 done
 case " $ACTIVE " in *" cluster3 "*)
     path_get cluster3
