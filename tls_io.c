@@ -2,8 +2,8 @@
  *
  * See tls_io.h for the promises. How:
  * - io->lock guards the SSL object and the staging buffer. Every OpenSSL
- *   call on the tunnel happens under it, and nothing under it waits: the
- *   socket is non-blocking.
+ *   call on the tunnel happens under it, and nothing under it waits for the
+ *   network: sends never block, and the reader waits with the lock released.
  * - Only the tunnel's writer (one at a time: the callers hold the tunnel's
  *   writer lock) sends staged records, and it lets go of io->lock while the
  *   send() runs (on loopback the kernel delivers to the peer and wakes it
@@ -25,9 +25,9 @@
  *   record, which for a full buffer copies it several times over.) Only the
  *   reader calls SSL_read and recv() into io->in, and only when OpenSSL has
  *   taken everything in it; the read BIO answers "retry" while it is empty.
- * - Without kernel TLS the socket is blocking (writes use MSG_DONTWAIT) and the
- *   reader's recv() waits at most TLS_IO_WAIT_MS (SO_RCVTIMEO); with it the
- *   socket is non-blocking and the reader polls that long first.
+ * - The socket is blocking (sends use MSG_DONTWAIT) and the reader's recv()
+ *   waits at most TLS_IO_WAIT_MS (SO_RCVTIMEO); with direct writes (below) it
+ *   is non-blocking and the reader polls that long first.
  * - With kernel TLS for sending, records are the kernel's work: OpenSSL
  *   writes through its own socket BIO, and a write the socket cannot take
  *   stays pending inside OpenSSL, to be retried with the same bytes
