@@ -29,9 +29,9 @@
 struct tls_io;
 
 /* Take over ssl, whose handshake on fd has completed (tls_handshake). fd is
- * made blocking with a receive timeout of TLS_IO_WAIT_MS (non-blocking with
- * kernel TLS, whose writes must not block). On failure (NULL, reason in err)
- * ssl stays the caller's. */
+ * made blocking with a receive timeout of TLS_IO_WAIT_MS (non-blocking when
+ * OpenSSL writes to it itself, as with kernel TLS). On failure (NULL, reason
+ * in err) ssl stays the caller's. */
 struct tls_io *tls_io_new(SSL *ssl, int fd, char *err, size_t errlen);
 /* Frees the SSL object too; the socket stays the caller's. */
 void tls_io_free(struct tls_io *io);
@@ -39,11 +39,10 @@ void tls_io_free(struct tls_io *io);
 /* Reader (one thread): plaintext into buf, waiting at most about
  * TLS_IO_WAIT_MS for the socket (one receive a call). >0 bytes; 0 at the
  * peer's close_notify; -1 with errno EAGAIN (nothing complete yet: call
- * again), EPIPE (the stream
- * ended without close_notify), EPROTO (a malformed, forged or refused record;
- * too many records without data), EBADMSG (the peer sent an alert), or the
- * socket's own error (ECONNRESET, ETIMEDOUT, ...). tls_io_error() then says
- * which in words. */
+ * again), EPIPE (the stream ended without close_notify), EPROTO (a malformed,
+ * forged or refused record; too many records without data), EBADMSG (the peer
+ * sent an alert), or the socket's own error (ECONNRESET, ETIMEDOUT, ...).
+ * tls_io_error() then says which in words. */
 ssize_t tls_io_read(struct tls_io *io, void *buf, size_t len);
 
 /* Writer (callers serialise their frames): encrypt buf[0..len) into records and
