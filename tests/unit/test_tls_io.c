@@ -92,6 +92,26 @@ static int pair_open(struct pair *p)
     return ok && p->srv_ok ? 0 : -1;
 }
 
+/* pair_open, then tls_io on the server side: direct writes (as with kernel
+ * TLS) or the gathering buffer. NULL when either failed (reported). */
+static struct tls_io *pair_start(struct pair *p, int direct)
+{
+    struct tls_io *io;
+    char err[200];
+
+    if (direct)
+        setenv("PROXY_TLS_DIRECT_WRITES", "1", 1);
+    else
+        unsetenv("PROXY_TLS_DIRECT_WRITES");
+    if (pair_open(p) != 0) {
+        CHECK(0, "handshake failed");
+        return NULL;
+    }
+    io = tls_io_new(p->srv, p->sfd, err, sizeof(err));
+    CHECK(io != NULL, "tls_io_new: %s", err);
+    return io;
+}
+
 static void pair_close(struct pair *p, struct tls_io *io)
 {
     char cmd[128];
@@ -226,17 +246,7 @@ static void run_interop(int direct)
     unsigned char *frame = malloc(300 * 1024), *in = malloc(back);
 
     CHECK(frame && in, "out of memory");
-    if (direct)
-        setenv("PROXY_TLS_DIRECT_WRITES", "1", 1);
-    else
-        unsetenv("PROXY_TLS_DIRECT_WRITES");
-    if (pair_open(&p) != 0) {
-        CHECK(0, "handshake failed");
-        goto out;
-    }
-    io = tls_io_new(p.srv, p.sfd, err, sizeof(err));
-    CHECK(io != NULL, "tls_io_new: %s", err);
-    if (!io)
+    if (!(io = pair_start(&p, direct)))
         goto out;
     CHECK(!tls_io_ktls(io), "kernel TLS on a socketpair?");
     memset(&job, 0, sizeof(job));
@@ -290,7 +300,7 @@ void test_tls_io_interop_direct(void)
 }
 
 /* A peer that sends n KeyUpdates without data, then (when then_data) one byte. */
-static void run_nodata(unsigned n, int then_data, int expect_refused)
+static void run_nodata(unsigned n, int then_data, int expect_refused, int direct)
 {
     struct pair p;
     struct tls_io *io = NULL;
@@ -298,13 +308,7 @@ static void run_nodata(unsigned n, int then_data, int expect_refused)
     char err[200];
     ssize_t r = -1;
 
-    if (pair_open(&p) != 0) {
-        CHECK(0, "handshake failed");
-        goto out;
-    }
-    io = tls_io_new(p.srv, p.sfd, err, sizeof(err));
-    CHECK(io != NULL, "tls_io_new: %s", err);
-    if (!io)
+    if (!(io = pair_start(&p, direct)))
         goto out;
     for (unsigned i = 0; i < n; i++)
         CHECK(SSL_key_update(p.cli, SSL_KEY_UPDATE_NOT_REQUESTED) == 1 &&
@@ -338,13 +342,15 @@ out:
 
 void test_tls_io_records_without_data(void)
 {
-    run_nodata(10, 1, 0);                    /* a few: fine */
-    run_nodata(TLS_IO_MAX_NODATA - 2, 1, 0); /* just under the limit, then data */
-    run_nodata(TLS_IO_MAX_NODATA + 8, 1, 1); /* over it: refused even with data after */
-    run_nodata(TLS_IO_MAX_NODATA + 8, 0, 1);
+    for (int direct = 0; direct < 2; direct++) {
+        run_nodata(10, 1, 0, direct);                    /* a few: fine */
+        run_nodata(TLS_IO_MAX_NODATA - 2, 1, 0, direct); /* just under the limit, then data */
+        run_nodata(TLS_IO_MAX_NODATA + 8, 1, 1, direct); /* over it: refused even with data */
+        run_nodata(TLS_IO_MAX_NODATA + 8, 0, 1, direct);
+    }
 }
 
-void test_tls_io_cut_without_close_notify(void)
+static void run_cut(int direct)
 {
     struct pair p;
     struct tls_io *io = NULL;
@@ -352,13 +358,7 @@ void test_tls_io_cut_without_close_notify(void)
     char err[200];
     ssize_t r = -1;
 
-    if (pair_open(&p) != 0) {
-        CHECK(0, "handshake failed");
-        goto out;
-    }
-    io = tls_io_new(p.srv, p.sfd, err, sizeof(err));
-    CHECK(io != NULL, "tls_io_new: %s", err);
-    if (!io)
+    if (!(io = pair_start(&p, direct)))
         goto out;
     shutdown(p.cfd, SHUT_WR); /* a bare FIN, no close_notify */
     for (int tries = 0; tries < 100; tries++) {
@@ -372,6 +372,12 @@ void test_tls_io_cut_without_close_notify(void)
     CHECK(strstr(tls_io_error(io, err, sizeof(err)), "close_notify") != NULL, "reason: %s", err);
 out:
     pair_close(&p, io);
+}
+
+void test_tls_io_cut_without_close_notify(void)
+{
+    run_cut(0);
+    run_cut(1);
 }
 
 struct reader_job {
@@ -405,17 +411,7 @@ static void run_reader_waits(int direct)
     size_t n = 0;
 
     memset(frame, 'w', sizeof(frame));
-    if (direct)
-        setenv("PROXY_TLS_DIRECT_WRITES", "1", 1);
-    else
-        unsetenv("PROXY_TLS_DIRECT_WRITES");
-    if (pair_open(&p) != 0) {
-        CHECK(0, "handshake failed");
-        goto out;
-    }
-    io = tls_io_new(p.srv, p.sfd, err, sizeof(err));
-    CHECK(io != NULL, "tls_io_new: %s", err);
-    if (!io)
+    if (!(io = pair_start(&p, direct)))
         goto out;
     memset(&job, 0, sizeof(job));
     job.io = io;
