@@ -10,7 +10,7 @@
 # across the paths, and the table shows the median of the rounds (each round is
 # listed under the table): the machine may be busy with other work.
 # Knobs (environment): BENCH_ROUNDS (5), BENCH_BULK_SECONDS (3), BENCH_PINGPONG_ROUNDS
-# (5000), BENCH_CONNRATE_SECONDS (2), BENCH_HOLD (10000), BENCH_HOLD_INFLIGHT (128),
+# (5000 per path and round; the paths take turns, BENCH_PINGPONG_CHUNK (250) round trips each), BENCH_CONNRATE_SECONDS (2), BENCH_HOLD (10000), BENCH_HOLD_INFLIGHT (128),
 # BENCH_HOLD_SECONDS (120: give up opening after that; ssh -R needs ~60 s for 10,000
 # on an idle 2-core machine, its per-channel cost grows with the channels open), BENCH_PATHS ("direct ssh plain tls tls_noresume cluster1 cluster3"),
 # BENCH_TLS_PUB_ARGS / BENCH_TLS_PRIV_ARGS (extra flags for the TLS tunnel, e.g.
@@ -49,6 +49,7 @@ cd "$ROOT" || exit 1
 ROUNDS=${BENCH_ROUNDS:-5}
 BULK_SECONDS=${BENCH_BULK_SECONDS:-3}
 PP_ROUNDS=${BENCH_PINGPONG_ROUNDS:-5000}
+PP_CHUNK=${BENCH_PINGPONG_CHUNK:-250}
 CR_SECONDS=${BENCH_CONNRATE_SECONDS:-2}
 CR_PARALLEL=8
 HOLD_N=${BENCH_HOLD:-10000}
@@ -365,18 +366,33 @@ bulk_flood() {
     fi
 }
 
-pingpong() {
-    path=$1
-    path_get "$path"
-    out=$(timeout 120 "$TB" pingpong 127.0.0.1 "$eport" "$PP_ROUNDS" 64 2>>"$LOGDIR/$path-pingpong.log")
-    set -- $out
-    if [ $# = 2 ]; then
-        rec "$path" p50 "$1"
-        rec "$path" p99 "$2"
-        log "$path: ping-pong p50 $1 us, p99 $2 us"
-    else
-        note "$path: ping-pong failed: $(tail -n 1 "$LOGDIR/$path-pingpong.log")"
-    fi
+# pingpong_all: PP_ROUNDS round trips on every active path, measured together
+# by one tcpbench: PP_CHUNK round trips on each path in turn, so that a busy
+# moment of the machine falls on every path alike (path by path, whichever
+# path ran while the machine was busy lost by 10-20 %, more than the paths
+# differ by). The first round trip after each switch is not counted.
+pingpong_all() {
+    ports=""
+    for p in $ACTIVE; do
+        path_get "$p"
+        ports="$ports $eport"
+    done
+    # shellcheck disable=SC2086
+    timeout 600 "$TB" pingpong-mix 127.0.0.1 "$PP_ROUNDS" 64 "$PP_CHUNK" $ports \
+        >"$TMP/pingpong.out" 2>>"$LOGDIR/pingpong.log"
+    k=0
+    for p in $ACTIVE; do
+        k=$((k + 1))
+        set -- $(sed -n "${k}p" "$TMP/pingpong.out")
+        if [ $# = 2 ] && [ "$1" != - ]; then
+            rec "$p" p50 "$1"
+            rec "$p" p99 "$2"
+            log "$p: ping-pong p50 $1 us, p99 $2 us"
+        else
+            path_get "$p"
+            note "$p: ping-pong failed: $(grep -E "port $eport[,:]" "$LOGDIR/pingpong.log" | tail -n 1)"
+        fi
+    done
 }
 
 connrate() {
@@ -781,7 +797,7 @@ while [ $r -le "$ROUNDS" ]; do
     for dir in up down; do
         for p in $ACTIVE; do bulk "$p" $dir; done
     done
-    for p in $ACTIVE; do pingpong "$p"; done
+    pingpong_all
     for p in $ACTIVE; do connrate "$p"; done
     for p in $UDP_ACTIVE; do udp_pingpong "$p"; done
     for p in $UDP_ACTIVE; do udp_bulk "$p"; done
@@ -861,7 +877,7 @@ awk -v a="$LOAD0" -v b="$(cut -d' ' -f1 /proc/loadavg)" -v n="$(nproc)" 'BEGIN {
 if [ $HAS_TLS = 1 ]; then plain_label="tunnel, plaintext (--insecure-plaintext)"
 else plain_label="tunnel, plaintext (only mode today)"; fi
 awk -v date="$(date -u '+%Y-%m-%d %H:%M:%S UTC')" -v nproc="$(nproc)" \
-    -v cmd="make bench (sh bench/run.sh; median of $ROUNDS interleaved rounds of: iperf3 ${BULK_SECONDS} s each way, ${PP_ROUNDS} ping-pongs, connrate ${CR_SECONDS} s x ${CR_PARALLEL}; then hold ${HOLD_N})" \
+    -v cmd="make bench (sh bench/run.sh; median of $ROUNDS interleaved rounds of: iperf3 ${BULK_SECONDS} s each way, ${PP_ROUNDS} ping-pongs per path (the paths in turns of ${PP_CHUNK}), connrate ${CR_SECONDS} s x ${CR_PARALLEL}; then hold ${HOLD_N})" \
     -v host="$(uname -srm)" -v load0="$LOAD0" -v load="$(cut -d" " -f1-3 /proc/loadavg)" -v elapsed=$(($(date +%s) - START_TIME)) \
     -v hold_n="$HOLD_N" -v plain_label="$plain_label" -v notes_file="$TMP/notes" \
     -v flood_size_note="$FLOOD_SIZE B datagrams from one socket, flat out" \

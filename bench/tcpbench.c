@@ -9,6 +9,10 @@
  *                                        prints "port=N" on stdout
  *   tcpbench pingpong HOST PORT N [SIZE] N round trips of SIZE (64) bytes on
  *                                        one connection; prints "P50 P99" in µs
+ *   tcpbench pingpong-mix HOST N SIZE CHUNK PORT...
+ *                                        the same on one connection per PORT
+ *                                        (up to 16), CHUNK round trips on each
+ *                                        in turn; one "P50 P99" line per PORT
  *   tcpbench connrate HOST PORT SECONDS PARALLEL
  *                                        fresh connections, 1-byte echo each;
  *                                        prints "RATE OK ERRORS"
@@ -344,45 +348,111 @@ static void tb_print_percentiles(double *rtt, long count, const char *tail)
     printf("%.1f %.1f%s", rtt[i50], rtt[i99], tail);
 }
 
-static int tb_pingpong(const char *host, long port, long count, long size)
+/* One ping-pong connection: a connected socket and its buffers. */
+struct pp_conn {
+    int fd;
+    long port, done;
+    char *out, *in;
+    double *rtt;
+    int failed;
+};
+
+static void pp_open(struct pp_conn *c, const char *host, long port, long count, long size)
 {
     struct sockaddr_in sa = tb_addr(host, port);
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        tb_die("socket");
-    tb_nodelay(fd);
     struct timeval tv = {.tv_sec = 10, .tv_usec = 0};
-    (void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
-        tb_die("connect");
-    char *out = malloc((size_t)size), *in = malloc((size_t)size);
-    double *rtt = malloc(sizeof(double) * (size_t)count);
-    if (out == NULL || in == NULL || rtt == NULL)
+
+    memset(c, 0, sizeof(*c));
+    c->port = port;
+    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (c->fd < 0)
+        tb_die("socket");
+    tb_nodelay(c->fd);
+    (void)setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    (void)setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    c->out = malloc((size_t)size);
+    c->in = malloc((size_t)size);
+    c->rtt = malloc(sizeof(double) * (size_t)count);
+    if (c->out == NULL || c->in == NULL || c->rtt == NULL)
         tb_die("malloc");
-    long warm = count / 10 < 200 ? count / 10 : 200;
-    for (long i = -warm; i < count; i++) {
-        for (long j = 0; j < size; j++)
-            out[j] = (char)('a' + (i + j) % 26);
-        double t0 = tb_now();
-        if (tb_write_all(fd, out, (size_t)size) < 0 || tb_read_exact(fd, in, (size_t)size) < 0) {
-            fprintf(stderr, "tcpbench: pingpong round %ld failed: %s\n", i, strerror(errno));
-            return 1;
-        }
-        double t1 = tb_now();
-        if (memcmp(out, in, (size_t)size) != 0) {
-            fprintf(stderr, "tcpbench: pingpong round %ld: echo mismatch\n", i);
-            return 1;
-        }
-        if (i >= 0)
-            rtt[i] = (t1 - t0) * 1e6;
+    if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        fprintf(stderr, "tcpbench: pingpong to port %ld: connect: %s\n", port, strerror(errno));
+        c->failed = 1;
     }
-    tb_print_percentiles(rtt, count, "\n");
-    close(fd);
-    free(out);
-    free(in);
-    free(rtt);
+}
+
+/* Round trip i (negative: warm-up, not recorded) on c: 0, or -1 with a
+ * message (c->failed set). */
+static int pp_round(struct pp_conn *c, long i, long size)
+{
+    for (long j = 0; j < size; j++)
+        c->out[j] = (char)('a' + (i + j) % 26);
+    double t0 = tb_now();
+    if (tb_write_all(c->fd, c->out, (size_t)size) < 0 || tb_read_exact(c->fd, c->in, (size_t)size) < 0) {
+        fprintf(stderr, "tcpbench: pingpong to port %ld, round %ld failed: %s\n", c->port, i,
+                strerror(errno));
+        c->failed = 1;
+        return -1;
+    }
+    double t1 = tb_now();
+    if (memcmp(c->out, c->in, (size_t)size) != 0) {
+        fprintf(stderr, "tcpbench: pingpong to port %ld, round %ld: echo mismatch\n", c->port, i);
+        c->failed = 1;
+        return -1;
+    }
+    if (i >= 0)
+        c->rtt[c->done++] = (t1 - t0) * 1e6;
     return 0;
+}
+
+static void pp_close(struct pp_conn *c)
+{
+    close(c->fd);
+    free(c->out);
+    free(c->in);
+    free(c->rtt);
+}
+
+/* COUNT round trips on each of the NPORTS connections, CHUNK at a time on
+ * each in turn (after a warm-up on each), so that every port sees the same
+ * machine: a busy moment falls on all of them alike instead of on whichever
+ * ran then. One "P50 P99" line per port, in order ("- -" for one that
+ * failed). With one port and CHUNK = COUNT this is the plain ping-pong. */
+static int tb_pingpong_mix(const char *host, const long *ports, int nports, long count, long size,
+                           long chunk)
+{
+    struct pp_conn *c = calloc((size_t)nports, sizeof(*c));
+    long warm = count / 10 < 200 ? count / 10 : 200;
+    int failed = 0;
+
+    if (c == NULL)
+        tb_die("malloc");
+    for (int k = 0; k < nports; k++) {
+        pp_open(&c[k], host, ports[k], count, size);
+        for (long i = -warm; i < 0 && !c[k].failed; i++)
+            (void)pp_round(&c[k], i, size);
+    }
+    for (long base = 0; base < count; base += chunk) {
+        for (int k = 0; k < nports; k++) {
+            /* The first round trip after a switch pays for the other
+             * connections' turn (caches, wake-ups): not counted. */
+            if (nports > 1 && !c[k].failed)
+                (void)pp_round(&c[k], -1, size);
+            for (long i = base; i < base + chunk && i < count && !c[k].failed; i++)
+                (void)pp_round(&c[k], i, size);
+        }
+    }
+    for (int k = 0; k < nports; k++) {
+        if (c[k].failed) {
+            printf("- -\n");
+            failed = 1;
+        } else {
+            tb_print_percentiles(c[k].rtt, count, "\n");
+        }
+        pp_close(&c[k]);
+    }
+    free(c);
+    return failed;
 }
 
 /* ------------------------------------------------------------------ UDP */
@@ -990,6 +1060,7 @@ static void tb_usage(void)
     fprintf(stderr,
             "usage: tcpbench echo-server PORT\n"
             "       tcpbench pingpong HOST PORT N [SIZE]\n"
+            "       tcpbench pingpong-mix HOST N SIZE CHUNK PORT...\n"
             "       tcpbench connrate HOST PORT SECONDS PARALLEL\n"
             "       tcpbench hold HOST PORT N [INFLIGHT [SECONDS]]\n"
             "       tcpbench udp-echo PORT [sink]\n"
@@ -1016,10 +1087,18 @@ int main(int argc, char **argv)
     const char *mode = argv[1];
     if (strcmp(mode, "echo-server") == 0 && argc == 3)
         return tb_echo_server(tb_num(argv[2], 0, 65535, "port"));
-    if (strcmp(mode, "pingpong") == 0 && (argc == 5 || argc == 6))
-        return tb_pingpong(argv[2], tb_num(argv[3], 1, 65535, "port"),
-                           tb_num(argv[4], 1, 10000000, "count"),
-                           argc == 6 ? tb_num(argv[5], 1, 1 << 20, "size") : 64);
+    if (strcmp(mode, "pingpong") == 0 && (argc == 5 || argc == 6)) {
+        long port = tb_num(argv[3], 1, 65535, "port"), count = tb_num(argv[4], 1, 10000000, "count");
+        return tb_pingpong_mix(argv[2], &port, 1, count,
+                               argc == 6 ? tb_num(argv[5], 1, 1 << 20, "size") : 64, count);
+    }
+    if (strcmp(mode, "pingpong-mix") == 0 && argc >= 7 && argc <= 6 + 16) {
+        long ports[16], count = tb_num(argv[3], 1, 10000000, "count");
+        for (int k = 6; k < argc; k++)
+            ports[k - 6] = tb_num(argv[k], 1, 65535, "port");
+        return tb_pingpong_mix(argv[2], ports, argc - 6, count, tb_num(argv[4], 1, 1 << 20, "size"),
+                               tb_num(argv[5], 1, 10000000, "chunk"));
+    }
     if (strcmp(mode, "connrate") == 0 && argc == 6)
         return tb_connrate(argv[2], tb_num(argv[3], 1, 65535, "port"),
                            tb_num(argv[4], 1, 3600, "seconds"), tb_num(argv[5], 1, 4096, "parallel"));
