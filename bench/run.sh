@@ -10,7 +10,8 @@
 # across the paths, and the table shows the median of the rounds (each round is
 # listed under the table): the machine may be busy with other work.
 # Knobs (environment): BENCH_ROUNDS (5), BENCH_BULK_SECONDS (3), BENCH_PINGPONG_ROUNDS
-# (5000 per path and round; the paths take turns, BENCH_PINGPONG_CHUNK (250) round trips each), BENCH_CONNRATE_SECONDS (2), BENCH_HOLD (10000), BENCH_HOLD_INFLIGHT (128),
+# (5000 per path and round; the paths take turns, BENCH_PINGPONG_CHUNK (250) round
+# trips each), BENCH_CONNRATE_SECONDS (2), BENCH_HOLD (10000), BENCH_HOLD_INFLIGHT (128),
 # BENCH_HOLD_SECONDS (120: give up opening after that; ssh -R needs ~60 s for 10,000
 # on an idle 2-core machine, its per-channel cost grows with the channels open), BENCH_PATHS ("direct ssh plain tls tls_noresume cluster1 cluster3"),
 # BENCH_TLS_PUB_ARGS / BENCH_TLS_PRIV_ARGS (extra flags for the TLS tunnel, e.g.
