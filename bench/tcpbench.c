@@ -381,9 +381,9 @@ static void pp_open(struct pp_conn *c, const char *host, long port, long count, 
     }
 }
 
-/* Round trip i (negative: warm-up, not recorded) on c: 0, or -1 with a
- * message (c->failed set). */
-static int pp_round(struct pp_conn *c, long i, long size)
+/* Round trip i (negative: warm-up, not recorded) on c; on failure a message
+ * and c->failed set. */
+static void pp_round(struct pp_conn *c, long i, long size)
 {
     for (long j = 0; j < size; j++)
         c->out[j] = (char)('a' + (i + j) % 26);
@@ -392,17 +392,16 @@ static int pp_round(struct pp_conn *c, long i, long size)
         fprintf(stderr, "tcpbench: pingpong to port %ld, round %ld failed: %s\n", c->port, i,
                 strerror(errno));
         c->failed = 1;
-        return -1;
+        return;
     }
     double t1 = tb_now();
     if (memcmp(c->out, c->in, (size_t)size) != 0) {
         fprintf(stderr, "tcpbench: pingpong to port %ld, round %ld: echo mismatch\n", c->port, i);
         c->failed = 1;
-        return -1;
+        return;
     }
     if (i >= 0)
         c->rtt[c->done++] = (t1 - t0) * 1e6;
-    return 0;
 }
 
 static void pp_close(struct pp_conn *c)
@@ -430,16 +429,16 @@ static int tb_pingpong_mix(const char *host, const long *ports, int nports, long
     for (int k = 0; k < nports; k++) {
         pp_open(&c[k], host, ports[k], count, size);
         for (long i = -warm; i < 0 && !c[k].failed; i++)
-            (void)pp_round(&c[k], i, size);
+            pp_round(&c[k], i, size);
     }
     for (long base = 0; base < count; base += chunk) {
         for (int k = 0; k < nports; k++) {
             /* The first round trip after a switch pays for the other
              * connections' turn (caches, wake-ups): not counted. */
             if (nports > 1 && !c[k].failed)
-                (void)pp_round(&c[k], -1, size);
+                pp_round(&c[k], -1, size);
             for (long i = base; i < base + chunk && i < count && !c[k].failed; i++)
-                (void)pp_round(&c[k], i, size);
+                pp_round(&c[k], i, size);
         }
     }
     for (int k = 0; k < nports; k++) {
