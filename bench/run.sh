@@ -18,7 +18,10 @@
 # a certificate or a pinned fingerprint, should the TLS mode need them),
 # BENCH_PREV_BIN (a folder with an earlier build's proxy_public/proxy_private:
 # adds the path tls_prev, the same TLS tunnel from those binaries, to compare a
-# change with what it replaces in one run), BENCH_RESUME_RESETS (9).
+# change with what it replaces in one run), BENCH_RESUME_RESETS (9),
+# BENCH_ONLY (empty; "pingpong": only the ping-pong, BENCH_ROUNDS rounds, and a
+# short report on standard output of each path's rounds, medians and, round by
+# round, its ratio to ssh -R; bench/results/latest.md is left as it is).
 # Paths tls_noresume (TLS with --resume-grace 0 on both sides: resumption off,
 # nothing retained) and tls_prev run the rounds but not the hold test.
 # Cluster paths (docs/CLUSTER.md; on by default, skipped with a note when
@@ -67,6 +70,11 @@ UDP_PATHS="direct plain tls"
 UDP_RATE=${BENCH_UDP_RATE:-}
 FLOOD_SIZE=${BENCH_UDP_FLOOD_SIZE:-1400}
 RESUME_RESETS=${BENCH_RESUME_RESETS:-9}
+ONLY=${BENCH_ONLY:-}
+case $ONLY in
+"" | pingpong) ;;
+*) printf 'bench: BENCH_ONLY=%s: the only one there is is "pingpong"\n' "$ONLY" >&2; exit 2 ;;
+esac
 TOKEN="bench-$$-token"
 TB="$ROOT/build/bench/tcpbench"
 LOGDIR="$ROOT/build/bench/logs"
@@ -394,6 +402,39 @@ pingpong_all() {
             note "$p: ping-pong failed: $(grep -E "port $eport[,:]" "$LOGDIR/pingpong.log" | tail -n 1)"
         fi
     done
+}
+
+# pingpong_report: the answer of BENCH_ONLY=pingpong. Each path's rounds and
+# their median, and each round's figure divided by the same round's figure of
+# ssh -R (the paths took turns, so a round's figures saw the same machine):
+# the median of those ratios and how many of them were above 1.
+pingpong_report() {
+    echo "| path | p50 µs, median (rounds) | p99 µs, median (rounds) | p50 / ssh -R, round by round: median, rounds > 1 | p99 / ssh -R, the same |"
+    echo "|---|---|---|---|---|"
+    for p in $ACTIVE; do
+        line="| $p"
+        ratios=""
+        for m in p50 p99; do
+            f="$TMP/v.$p.$m" s="$TMP/v.ssh.$m"
+            [ -f "$f" ] || { line="$line | failed"; ratios="$ratios | —"; continue; }
+            line="$line | $(sort -n "$f" | awk '{ v[NR] = $1 } END { if (NR % 2) m = v[(NR + 1) / 2]; else m = (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.1f", m }') ($(tr '\n' ' ' <"$f" | sed 's/ $//'))"
+            if [ "$p" = ssh ] || [ ! -f "$s" ]; then
+                ratios="$ratios | —"
+            elif [ "$(wc -l <"$f")" != "$(wc -l <"$s")" ]; then
+                ratios="$ratios | — (a round failed on one of the two: not paired)"
+            else
+                ratios="$ratios | $(paste "$f" "$s" | awk '{ printf "%.6f\n", $1 / $2 }' | sort -n |
+                    awk '{ r[NR] = $1; above += $1 > 1 } END {
+                        m = NR % 2 ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2
+                        printf "%.3f×, %d of %d", m, above, NR }')"
+            fi
+        done
+        echo "$line$ratios |"
+    done
+    echo
+    echo "$ROUNDS rounds of $PP_ROUNDS round trips of 64 B per path, the paths in turns of $PP_CHUNK (BENCH_ONLY=pingpong sh bench/run.sh), $(date -u '+%Y-%m-%d %H:%M UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+    [ -f "$TMP/notes" ] && sed 's/^/- /' "$TMP/notes"
+    return 0
 }
 
 connrate() {
@@ -775,6 +816,19 @@ for p in $ACTIVE; do
         for q in $pub; do eval "CPU0_ONE_$q=\$(cpu_of $q)"; done
     fi
 done
+if [ "$ONLY" = pingpong ]; then
+    r=1
+    while [ $r -le "$ROUNDS" ]; do
+        log "round $r of $ROUNDS"
+        pingpong_all
+        r=$((r + 1))
+    done
+    # shellcheck disable=SC2086
+    stop $PIDS
+    PIDS=""
+    pingpong_report
+    exit 0
+fi
 # The UDP paths up, and the offered load for iperf3 -u: the highest rate the
 # direct path carries without loss here (unless BENCH_UDP_RATE says).
 UDP_ACTIVE=""
