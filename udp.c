@@ -421,10 +421,9 @@ struct batch_item {
     int open;
 };
 
-/* Encode hdr (consumed) and payload at out[*pos..cap). 0, or -1 when it does
- * not fit (nothing written). */
-static int put_frame(unsigned char *out, size_t cap, size_t *pos, json_t *hdr,
-                     const unsigned char *payload, size_t len)
+/* Encode hdr (consumed), a frame without payload, at out[*pos..cap). 0, or
+ * -1 when it does not fit (nothing counted). */
+static int put_header(unsigned char *out, size_t cap, size_t *pos, json_t *hdr)
 {
     int n;
 
@@ -432,11 +431,9 @@ static int put_frame(unsigned char *out, size_t cap, size_t *pos, json_t *hdr,
         return -1;
     n = pkt_encode(hdr, out + *pos, cap - *pos);
     json_decref(hdr);
-    if (n < 0 || cap - *pos - (size_t)n < len)
+    if (n < 0)
         return -1;
-    if (len)
-        memcpy(out + *pos + n, payload, len);
-    *pos += (size_t)n + len;
+    *pos += (size_t)n;
     return 0;
 }
 
@@ -588,10 +585,9 @@ static void *uplink_main(void *arg)
             struct close_item *c = closes;
             closes = c->next;
             if (!failed &&
-                put_frame(buf, BATCH_CAP, &pos,
-                          packet(OP_UDP_CLOSE, "{s:I,s:s,s:o*}", "session", (json_int_t)c->id,
-                                 "reason", c->reason, "drops", drops_json(c->drops)),
-                          NULL, 0) != 0)
+                put_header(buf, BATCH_CAP, &pos,
+                           packet(OP_UDP_CLOSE, "{s:I,s:s,s:o*}", "session", (json_int_t)c->id,
+                                  "reason", c->reason, "drops", drops_json(c->drops))) != 0)
                 failed = 1;
             free(c);
         }
