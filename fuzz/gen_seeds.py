@@ -5,8 +5,9 @@
 
 Seeds are small: valid frames of every op (docs/PROTOCOL.md examples), several
 frames in one stream, and malformed ones that reach each check of packet.c; for
-the API body, valid and invalid register bodies and an apps.json-like file; for
-the web front's head parser, accepted heads and one of each refusal.
+the API body, valid and invalid register bodies, an apps.json-like file and
+token scopes (POST /tokens); for the web front's head parser, accepted heads and
+one of each refusal.
 """
 import json
 import os
@@ -169,6 +170,10 @@ BODY_VALID = {
     "register_allow_pp": {"name": "web", "public_port": 443, "target_host": "127.0.0.1",
                           "target_port": 8443, "proxy_protocol": 2,
                           "allow_from": ["192.0.2.0/24", "2001:db8::/32", "127.0.0.2"]},
+    # POST /tokens (token_scope_from_json).
+    "token_scope": {"label": "alice", "privates": ["alice", "bob-*"],
+                    "ports": "20000-20099,30000", "max_apps": 5, "max_conns": 200},
+    "token_scope_any": {"label": "x", "privates": ["*"], "ports": "1"},
 }
 BODY_INVALID = {
     "empty": b"",
