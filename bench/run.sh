@@ -20,8 +20,9 @@
 # adds the path tls_prev, the same TLS tunnel from those binaries, to compare a
 # change with what it replaces in one run), BENCH_RESUME_RESETS (9),
 # BENCH_ONLY (empty; "pingpong": only the ping-pong, BENCH_ROUNDS rounds, and a
-# short report on standard output of each path's rounds, medians and, round by
-# round, its ratio to ssh -R; bench/results/latest.md is left as it is).
+# short report of each path's rounds, medians and, round by round, its ratio to
+# ssh -R, printed and saved to bench/results/pingpong.md; latest.md is left as
+# it is).
 # Paths tls_noresume (TLS with --resume-grace 0 on both sides: resumption off,
 # nothing retained) and tls_prev run the rounds but not the hold test.
 # Cluster paths (docs/CLUSTER.md; on by default, skipped with a note when
@@ -432,7 +433,7 @@ pingpong_report() {
         echo "$line$ratios |"
     done
     echo
-    echo "$ROUNDS rounds of $PP_ROUNDS round trips of 64 B per path, the paths in turns of $PP_CHUNK (BENCH_ONLY=pingpong sh bench/run.sh), $(date -u '+%Y-%m-%d %H:%M UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "$ROUNDS rounds of $PP_ROUNDS round trips of 64 B per path, the paths in turns of $PP_CHUNK (BENCH_ONLY=pingpong sh bench/run.sh, BENCH_PATHS=\"$PATHS\"), $(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -srm), nproc $(nproc), load average at the end $(cut -d' ' -f1-3 /proc/loadavg)"
     [ -f "$TMP/notes" ] && sed 's/^/- /' "$TMP/notes"
     return 0
 }
@@ -826,7 +827,10 @@ if [ "$ONLY" = pingpong ]; then
     # shellcheck disable=SC2086
     stop $PIDS
     PIDS=""
-    pingpong_report
+    pingpong_report >"$TMP/pingpong.md"
+    cat "$TMP/pingpong.md"
+    cp "$TMP/pingpong.md" "$RESULTS_DIR/pingpong.md"
+    log "saved bench/results/pingpong.md; logs in build/bench/logs/"
     exit 0
 fi
 # The UDP paths up, and the offered load for iperf3 -u: the highest rate the
