@@ -74,7 +74,7 @@ RESUME_RESETS=${BENCH_RESUME_RESETS:-9}
 ONLY=${BENCH_ONLY:-}
 case $ONLY in
 "" | pingpong) ;;
-*) printf 'bench: BENCH_ONLY=%s: the only one there is is "pingpong"\n' "$ONLY" >&2; exit 2 ;;
+*) printf 'bench: BENCH_ONLY=%s is not known (there is only BENCH_ONLY=pingpong)\n' "$ONLY" >&2; exit 2 ;;
 esac
 TOKEN="bench-$$-token"
 TB="$ROOT/build/bench/tcpbench"
