@@ -400,7 +400,7 @@ pingpong_all() {
             log "$p: ping-pong p50 $1 us, p99 $2 us"
         else
             path_get "$p"
-            note "$p: ping-pong failed: $(grep -E "port $eport[,:]" "$LOGDIR/pingpong.log" | tail -n 1)"
+            note "$p: ping-pong failed: $(grep -E "port ${eport}[,:]" "$LOGDIR/pingpong.log" | tail -n 1)"
         fi
     done
 }
