@@ -91,6 +91,12 @@ log() { printf 'bench: %s\n' "$*" >&2; }
 note() { printf '%s\n' "$*" >>"$TMP/notes"; log "$*"; }
 put() { printf '%s=%s\n' "$1" "$2" >>"$TMP/results"; }
 rec() { printf '%s\n' "$3" >>"$TMP/v.$1.$2"; } # rec PATH METRIC VALUE: one round's figure
+# median FMT: the median of the numbers on standard input, one a line: the
+# middle one as it is, or the mean of the two middle ones printed with FMT.
+median() {
+    sort -n | awk -v fmt="$1" '{ v[NR] = $1 } END {
+        if (NR % 2) print v[(NR + 1) / 2]; else printf fmt "\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
 
 # stop PID...: SIGTERM the processes and all their descendants, SIGKILL what is
 # still there after 3 s. Only pids this script started (and their children).
@@ -418,16 +424,14 @@ pingpong_report() {
         for m in p50 p99; do
             f="$TMP/v.$p.$m" s="$TMP/v.ssh.$m"
             [ -f "$f" ] || { line="$line | failed"; ratios="$ratios | —"; continue; }
-            line="$line | $(sort -n "$f" | awk '{ v[NR] = $1 } END { if (NR % 2) m = v[(NR + 1) / 2]; else m = (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.1f", m }') ($(tr '\n' ' ' <"$f" | sed 's/ $//'))"
+            line="$line | $(median %.1f <"$f") ($(tr '\n' ' ' <"$f" | sed 's/ $//'))"
             if [ "$p" = ssh ] || [ ! -f "$s" ]; then
                 ratios="$ratios | —"
             elif [ "$(wc -l <"$f")" != "$(wc -l <"$s")" ]; then
                 ratios="$ratios | — (a round failed on one of the two: not paired)"
             else
-                ratios="$ratios | $(paste "$f" "$s" | awk '{ printf "%.6f\n", $1 / $2 }' | sort -n |
-                    awk '{ r[NR] = $1; above += $1 > 1 } END {
-                        m = NR % 2 ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2
-                        printf "%.3f×, %d of %d", m, above, NR }')"
+                paste "$f" "$s" | awk '{ printf "%.6f\n", $1 / $2 }' >"$TMP/ratios"
+                ratios="$ratios | $(printf '%.3f' "$(median %.6f <"$TMP/ratios")")×, $(awk '$1 > 1' "$TMP/ratios" | wc -l) of $(wc -l <"$TMP/ratios")"
             fi
         done
         echo "$line$ratios |"
@@ -876,7 +880,7 @@ done
 for f in "$TMP"/v.*; do
     [ -f "$f" ] || continue
     key=${f#"$TMP"/v.}
-    put "$key" "$(sort -n "$f" | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }')"
+    put "$key" "$(median %.1f <"$f")"
     put "$key.rounds" "$(tr '\n' ' ' <"$f" | sed 's/ $//')"
 done
 # CPU per GiB: the relays' CPU during the path's bulk transfers only.
